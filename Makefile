@@ -1,0 +1,69 @@
+# Two commands for a fresh machine: `make run` and `make test`. Every step is idempotent and
+# skips itself once done, so both are quick after the first time.
+
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+BUILD := build
+BPF_DIR := src/otelbpf/bpf
+BPF_SRCS := $(wildcard $(BPF_DIR)/*.bpf.c)
+BPF_OBJS := $(BPF_SRCS:.bpf.c=.bpf.o)
+ARCH := $(shell uname -m | sed -e 's/x86_64/x86/' -e 's/aarch64/arm64/')
+
+# Debian packages: the BPF toolchain for `make run`, the peers and servers for `make test`.
+RUN_DEBS := clang llvm libbpf-dev libbpf1 bpftool
+TEST_DEBS := bpftrace prometheus
+STAMP := $(BUILD)/.stamp
+
+.PHONY: run test test-unit test-kernel test-e2e bench setup setup-test bpf clean doctor
+
+run: setup
+	$(VENV)/bin/otelbpf run $(ARGS)
+
+test: setup setup-test
+	$(VENV)/bin/python -m pytest tests -q $(PYTEST_ARGS)
+
+test-unit: setup
+	$(VENV)/bin/python -m pytest tests/unit -q
+
+doctor: setup
+	$(VENV)/bin/otelbpf doctor
+
+bench: setup setup-test
+	$(PY) bench/run_all.py
+
+setup: $(STAMP)/debs-run $(STAMP)/venv bpf
+
+setup-test: $(STAMP)/debs-test $(STAMP)/venv-test
+
+$(STAMP)/debs-run:
+	@scripts/apt-install $(RUN_DEBS)
+	@mkdir -p $(@D) && touch $@
+
+$(STAMP)/debs-test:
+	@scripts/apt-install $(TEST_DEBS)
+	@mkdir -p $(@D) && touch $@
+
+$(STAMP)/venv: pyproject.toml
+	@test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -e .
+	@mkdir -p $(@D) && touch $@
+
+$(STAMP)/venv-test: pyproject.toml $(STAMP)/venv
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[test]'
+	@touch $@
+
+bpf: $(BPF_OBJS)
+
+$(BUILD)/vmlinux.h:
+	@mkdir -p $(@D)
+	@test -r /sys/kernel/btf/vmlinux || { echo "error: /sys/kernel/btf/vmlinux is missing: this kernel has no BTF (CONFIG_DEBUG_INFO_BTF=y is needed)" >&2; exit 1; }
+	bpftool btf dump file /sys/kernel/btf/vmlinux format c > $@.tmp && mv $@.tmp $@
+
+$(BPF_DIR)/%.bpf.o: $(BPF_DIR)/%.bpf.c $(BPF_DIR)/events.h $(BUILD)/vmlinux.h
+	clang -target bpf -D__TARGET_ARCH_$(ARCH) -O2 -g -Wall -I$(BUILD) -I$(BPF_DIR) -c $< -o $@.tmp
+	llvm-strip -g $@.tmp  # keep .BTF (CO-RE needs it), drop DWARF
+	mv $@.tmp $@
+
+clean:
+	rm -rf $(BUILD) $(BPF_DIR)/*.bpf.o
