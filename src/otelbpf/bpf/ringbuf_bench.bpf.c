@@ -73,3 +73,46 @@ int produce(struct produce_args *args)
 	bpf_loop(args->count, produce_one, &lc, 0);
 	return 0;
 }
+
+/* Records of varying size (16..56 bytes of payload), every 7th one discarded: exercises
+ * the reader's variable-length walk and the DISCARD bit. Payload: u64 seq, then filler. */
+static long produce_mixed_one(__u64 i, void *data)
+{
+	struct loop_ctx *lc = data;
+	__u64 seq = lc->first_seq + i;
+	__u32 words = 2 + seq % 6;
+	__u64 *rec;
+
+	switch (words) { /* the size passed to reserve must be a constant */
+	case 2: rec = bpf_ringbuf_reserve(&bench_events, 16, 0); break;
+	case 3: rec = bpf_ringbuf_reserve(&bench_events, 24, 0); break;
+	case 4: rec = bpf_ringbuf_reserve(&bench_events, 32, 0); break;
+	case 5: rec = bpf_ringbuf_reserve(&bench_events, 40, 0); break;
+	case 6: rec = bpf_ringbuf_reserve(&bench_events, 48, 0); break;
+	default: rec = bpf_ringbuf_reserve(&bench_events, 56, 0); break;
+	}
+	if (!rec) {
+		__u32 zero = 0;
+		__u64 *drops = bpf_map_lookup_elem(&bench_drops, &zero);
+
+		if (drops)
+			*drops += 1;
+		return 0;
+	}
+	rec[0] = seq;
+	rec[1] = words;
+	if (seq % 7 == 0)
+		bpf_ringbuf_discard(rec, 0);
+	else
+		bpf_ringbuf_submit(rec, 0);
+	return 0;
+}
+
+SEC("syscall")
+int produce_mixed(struct produce_args *args)
+{
+	struct loop_ctx lc = { .first_seq = args->first_seq, .batch = args->batch };
+
+	bpf_loop(args->count, produce_mixed_one, &lc, 0);
+	return 0;
+}

@@ -13,7 +13,7 @@ class BpfError(Exception):
         self.errno = abs(err)
         if err:
             message = f"{message}: {os.strerror(self.errno)} (errno {self.errno})"
-            if self.errno in (errno.EPERM, errno.EACCES):
+            if self.errno in (errno.EPERM, errno.EACCES) and os.geteuid() != 0:
                 message += "; run as root (or with CAP_BPF and CAP_PERFMON)"
         super().__init__(message)
 
