@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import mmap
 import select
-import struct
 from dataclasses import dataclass
 
 import numpy as np
@@ -84,6 +83,11 @@ class RingBufferReader:
         self._producer = mmap.mmap(self._fd, PAGE_SIZE + 2 * self.size, mmap.MAP_SHARED, mmap.PROT_READ,
                                    offset=PAGE_SIZE)
         self._bytes = np.frombuffer(self._producer, dtype=np.uint8)
+        # Positions are read and written as whole aligned u64s: a byte-wise store (as
+        # struct.pack_into does) can be seen half-done by the kernel, which then thinks
+        # the ring is full and drops records.
+        self._cons_pos = np.frombuffer(self._consumer, dtype=np.uint64, count=1)
+        self._prod_pos = np.frombuffer(self._producer, dtype=np.uint64, count=1)
         self._record_size = record_size
         self._stride = record_stride(record_size) if record_size else 0
         self._epoll = select.epoll()
@@ -93,13 +97,13 @@ class RingBufferReader:
 
     # -- positions ------------------------------------------------------------------------
     def _consumer_pos(self) -> int:
-        return struct.unpack_from("<Q", self._consumer, 0)[0]
+        return int(self._cons_pos[0])
 
     def _producer_pos(self) -> int:
-        return struct.unpack_from("<Q", self._producer, 0)[0]
+        return int(self._prod_pos[0])
 
     def _set_consumer_pos(self, pos: int) -> None:
-        struct.pack_into("<Q", self._consumer, 0, pos)
+        self._cons_pos[0] = pos
 
     def pending_bytes(self) -> int:
         return self._producer_pos() - self._consumer_pos()
@@ -174,7 +178,7 @@ class RingBufferReader:
         if self._epoll is not None:
             self._epoll.close()
             self._epoll = None
-            del self._bytes
+            del self._bytes, self._cons_pos, self._prod_pos
             self._producer.close()
             self._consumer.close()
 

@@ -1,0 +1,1 @@
+"""Resource and process attributes: host, cgroup -> container, kubernetes."""

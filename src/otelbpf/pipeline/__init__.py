@@ -1,0 +1,1 @@
+"""Processors between sensors and sinks: redaction, sampling, batching, routing."""

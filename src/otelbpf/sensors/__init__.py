@@ -1,0 +1,1 @@
+"""Sensors: one module per capability, each a BPF object plus the decoder of its events."""

@@ -1,0 +1,214 @@
+"""Process lifecycle sensor: exec, fork and exit of every process, as OTLP log records.
+
+The BPF side (bpf/process.bpf.c) filters threads out and emits one record per event to a
+ring buffer; here records are drained in bulk, folded into the process table (which keeps
+ancestry for every event), and turned into process.exec / process.exit log records with
+semantic-convention attributes plus counters by executable.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from otelbpf.enrich.containers import CgroupResolver, container_id_from_cgroup
+from otelbpf.kernel import BpfObject, Program
+from otelbpf.kernel.objects import possible_cpus
+from otelbpf.kernel.ringbuf import RecordBatch, RingBufferReader
+from otelbpf.pipeline.redact import redact_args
+from otelbpf.sensors import process_events as ev
+from otelbpf.sensors.proctable import ProcessInfo, ProcessTable
+from otelbpf.signals.model import LogBatch, LogRecord, Resource, Severity
+from otelbpf.signals.registry import Registry
+
+BPF_OBJECT = Path(__file__).resolve().parent.parent / "bpf" / "process.bpf.o"
+SCOPE = "otelbpf.sensors.process"
+ANCESTRY_DEPTH = 8
+
+
+def monotonic_to_unix_offset() -> int:
+    """Add to a CLOCK_MONOTONIC timestamp (bpf_ktime_get_ns) to get Unix time in ns."""
+    return time.time_ns() - time.monotonic_ns()
+
+
+class ProcessSensor:
+    name = "process"
+
+    def __init__(self, emit: Callable[[LogBatch], None], registry: Registry, resource: Resource, *,
+                 max_args_bytes: int = 4096, keep_secret_args: bool = False, table_size: int = 32768,
+                 ringbuf_bytes: int = 8 << 20, bpf_object: Path = BPF_OBJECT):
+        self._emit = emit
+        self._resource = resource
+        self._max_args_bytes = max_args_bytes
+        self._keep_secret_args = keep_secret_args
+        self._ringbuf_bytes = ringbuf_bytes
+        self._bpf_object = bpf_object
+        self.table = ProcessTable(table_size)
+        self._cgroups = CgroupResolver()
+        self._clock_offset = monotonic_to_unix_offset()
+        self._obj: BpfObject | None = None
+        self._reader: RingBufferReader | None = None
+        self._kernel_drops_reported = np.zeros(0, dtype=np.uint64)
+        self._events = registry.counter("otelbpf.sensor.events", "Events read from the kernel", "{event}")
+        self._drops = registry.counter("otelbpf.sensor.dropped",
+                                       "Events the kernel could not queue (ring buffer full)", "{event}")
+        self._execs = registry.counter("otelbpf.process.execs", "Programs executed", "{exec}")
+        self._forks = registry.counter("otelbpf.process.forks", "Processes created", "{process}")
+        self._exits = registry.counter("otelbpf.process.exits", "Processes ended", "{process}")
+        registry.gauge("otelbpf.process.table.size", "Processes in the process table", "{process}",
+                       lambda: [({}, len(self.table))])
+
+    # -- lifecycle ------------------------------------------------------------------------
+    def start(self) -> None:
+        obj = BpfObject(self._bpf_object)
+        try:
+            obj.check_layout("process_event", ev.PROCESS_EVENT)
+            obj.check_layout("exec_event", ev.EXEC_EVENT)
+            obj.set_rodata(max_args_bytes=self._max_args_bytes)
+            obj.maps["exec_scratch_map"].set_max_entries(possible_cpus())
+            obj.maps["process_events"].set_max_entries(self._ringbuf_bytes)
+            obj.load()
+            self._reader = RingBufferReader(obj.maps["process_events"])
+            # Processes already running are known before the first event arrives.
+            self.table.seed_from_proc(cgroup_root=self._cgroups.root, container_id_of=container_id_from_cgroup)
+            obj.attach_all()
+        except BaseException:
+            obj.close()
+            raise
+        self._obj = obj
+
+    def programs(self) -> list[Program]:
+        return list(self._obj.programs.values()) if self._obj else []
+
+    def poll(self, timeout: float) -> int:
+        if self._reader is None:
+            return 0
+        if self._reader.wait(timeout):
+            batch = self._reader.read()
+            n = len(batch)
+        else:
+            n = 0
+        if n:
+            self._handle(batch)
+        self._account_kernel_drops()
+        return n
+
+    def stop(self) -> None:
+        if self._obj is None:
+            return
+        self._obj.detach_all()  # no new events; then take what is still queued
+        if self._reader is not None:
+            batch = self._reader.read()
+            if len(batch):
+                self._handle(batch)
+            self._account_kernel_drops()
+            self._reader.close()
+            self._reader = None
+        self._obj.close()
+        self._obj = None
+
+    # -- decoding -------------------------------------------------------------------------
+    def _account_kernel_drops(self) -> None:
+        drops = self._obj.maps["process_drops"].percpu_u64() if self._obj else None
+        if drops is None:
+            return
+        if len(self._kernel_drops_reported) != len(drops):
+            self._kernel_drops_reported = np.zeros(len(drops), dtype=np.uint64)
+        new = drops - self._kernel_drops_reported
+        for cpu in np.flatnonzero(new):
+            self._drops.add(int(new[cpu]), {"sensor": self.name, "cpu": int(cpu)})
+        self._kernel_drops_reported = drops
+
+    def _handle(self, batch: RecordBatch) -> None:
+        heads = batch.fixed(ev.PROCESS_EVENT)
+        self._events.add(len(heads), {"sensor": self.name})
+        records: list[LogRecord] = []
+        for i in range(len(heads)):
+            head = heads[i]
+            kind = int(head["type"])
+            if kind == ev.FORK:
+                self.table.on_fork(int(head["pid"]), int(head["ppid"]), int(head["start_time_ns"]))
+                self._forks.add(1)
+            elif kind == ev.EXEC:
+                records.append(self._exec_record(head, ev.exec_details(batch, i)))
+            elif kind == ev.EXIT:
+                records.append(self._exit_record(head))
+        if records:
+            self._emit(LogBatch(self._resource, SCOPE, records))
+
+    def _exec_record(self, head: np.void, details: ev.ExecDetails) -> LogRecord:
+        pid = int(head["pid"])
+        cgroup_path = self._cgroups.resolve(int(head["cgroup_id"]))
+        exe_path = _resolve_exe_path(pid, details.filename)
+        info = self.table.on_exec(
+            pid, int(head["ktime_ns"]), ppid=int(head["ppid"]), start_time_ns=int(head["start_time_ns"]),
+            exe_path=exe_path,
+            args=details.args, uid=int(head["uid"]), gid=int(head["gid"]), cgroup_id=int(head["cgroup_id"]),
+            container_id=container_id_from_cgroup(cgroup_path) if cgroup_path else None,
+            cwd=_readlink(f"/proc/{pid}/cwd"))
+        self._execs.add(1, {"process.executable.name": info.exe_name})
+        args = details.args if self._keep_secret_args else redact_args(details.args)
+        attrs = self._process_attributes(info)
+        attrs["process.command_args"] = args
+        attrs["process.user.id"] = info.uid
+        attrs["process.group.id"] = info.gid
+        if details.args_truncated:
+            attrs["otelbpf.process.args_truncated"] = True
+        if info.cwd:
+            attrs["process.working_directory"] = info.cwd
+        if cgroup_path:
+            attrs["process.linux.cgroup"] = cgroup_path
+        return LogRecord(int(head["ktime_ns"]) + self._clock_offset, "process.exec", Severity.INFO, None, attrs)
+
+    def _exit_record(self, head: np.void) -> LogRecord:
+        pid = int(head["pid"])
+        status = ev.exit_status(int(head["exit_code"]))
+        info = self.table.get(pid)
+        if info is None:  # never seen (table full or seeded late): what the event itself says
+            info = self.table.on_fork(pid, int(head["ppid"]), int(head["start_time_ns"]))
+        info = self.table.on_exit(pid, int(head["ktime_ns"])) or info
+        self._exits.add(1, {"process.executable.name": info.exe_name or head["comm"].decode("utf-8", "replace")})
+        attrs = self._process_attributes(info)
+        attrs["process.exit.code"] = status.code
+        if status.signal:
+            attrs["process.exit.signal"] = status.signal_name
+        if status.core_dumped:
+            attrs["process.exit.core_dumped"] = True
+        lifetime = int(head["ktime_ns"]) - int(head["start_time_ns"])
+        attrs["process.lifetime"] = max(lifetime, 0) / 1e9
+        severity = Severity.INFO if status.code == 0 else Severity.WARN
+        return LogRecord(int(head["ktime_ns"]) + self._clock_offset, "process.exit", severity, None, attrs)
+
+    def _process_attributes(self, info: ProcessInfo) -> dict:
+        attrs = {
+            "process.pid": info.pid,
+            "process.parent_pid": info.ppid,
+            "otelbpf.process.exec_id": info.exec_id,
+        }
+        if info.exe_path:
+            attrs["process.executable.path"] = info.exe_path
+            attrs["process.executable.name"] = info.exe_name
+        if info.container_id:
+            attrs["container.id"] = info.container_id
+        ancestors = self.table.ancestry(info.pid, max_depth=ANCESTRY_DEPTH)
+        if ancestors:
+            attrs["otelbpf.process.ancestors"] = [f"{a.pid}:{a.exe_name or '?'}" for a in ancestors]
+        return attrs
+
+
+def _readlink(path: str) -> str | None:
+    try:
+        return os.readlink(path)
+    except OSError:
+        return None  # the process is already gone, or exec'd again
+
+
+def _resolve_exe_path(pid: int, filename: str) -> str:
+    """An absolute executable path: execve's own if absolute, else what /proc says now."""
+    if filename.startswith("/"):
+        return os.path.normpath(filename)
+    return _readlink(f"/proc/{pid}/exe") or filename
