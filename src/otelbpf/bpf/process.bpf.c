@@ -13,6 +13,8 @@
 
 char LICENSE[] SEC("license") = "GPL";
 
+#define PF_KTHREAD 0x00200000 /* include/linux/sched.h; kernel threads are not processes we report */
+
 /* Set by user space before load. */
 const volatile __u32 max_args_bytes = 4096;
 
@@ -123,7 +125,7 @@ int BPF_PROG(handle_fork, struct task_struct *parent, struct task_struct *child)
 	struct process_event e;
 
 	/* A new thread is not a new process. */
-	if (BPF_CORE_READ(child, pid) != BPF_CORE_READ(child, tgid))
+	if (BPF_CORE_READ(child, pid) != BPF_CORE_READ(child, tgid) || BPF_CORE_READ(child, flags) & PF_KTHREAD)
 		return 0;
 	fill_head(&e, child, PROCESS_EVENT_FORK);
 	e.tid = BPF_CORE_READ(parent, pid);
@@ -139,7 +141,7 @@ int BPF_PROG(handle_exit, struct task_struct *task)
 	struct process_event e;
 
 	/* Only the last thread of a group ends the process. */
-	if (BPF_CORE_READ(task, signal, live.counter) != 0)
+	if (BPF_CORE_READ(task, signal, live.counter) != 0 || BPF_CORE_READ(task, flags) & PF_KTHREAD)
 		return 0;
 	fill_head(&e, task, PROCESS_EVENT_EXIT);
 	e.exit_code = BPF_CORE_READ(task, exit_code);

@@ -1,0 +1,220 @@
+"""Wiring and lifecycle: sensors -> sinks, self-telemetry, clean start and stop.
+
+Start: probe the kernel, open the sinks, load and attach each sensor (progress on stderr).
+Run: one thread per sensor drains its ring buffer; the main thread exports the agent's
+own metrics every interval. Stop (duration, SIGINT or SIGTERM): detach every program,
+drain what the kernel still holds, flush the sinks, then close.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from otelbpf.config import AgentConfig, parse_host_port
+from otelbpf.enrich.host import host_resource
+from otelbpf.export.base import Sink
+from otelbpf.export.console import ConsoleSink, JsonLinesSink
+from otelbpf.export.fanout import FanoutSink
+from otelbpf.export.otlp import OtlpExporter
+from otelbpf.export.otlp_settings import OtlpSettings
+from otelbpf.export.prometheus import PrometheusEndpoint
+from otelbpf.kernel import features
+from otelbpf.receiver.otlp import OtlpReceiver
+from otelbpf.sensors.base import Sensor
+from otelbpf.sensors.process import ProcessSensor
+from otelbpf.signals.model import Resource
+from otelbpf.signals.registry import Registry
+
+log = logging.getLogger("otelbpf")
+
+PROBE_OBJECT = Path(__file__).resolve().parent / "bpf" / "probe.bpf.o"
+SELF_SCOPE = "otelbpf.agent"
+DEFAULT_JSONL = "otelbpf-events.jsonl"
+# Where the embedded receiver listens by default: the standard OTLP ports, so programs with
+# an OpenTelemetry SDK can send to the agent as they would to a collector.
+EMBEDDED_GRPC_PORT, EMBEDDED_HTTP_PORT = 4317, 4318
+
+
+class AgentError(Exception):
+    """The agent cannot run here; the message says why and what to do."""
+
+
+def progress(message: str) -> None:
+    print(f"otelbpf: {message}", file=sys.stderr, flush=True)
+
+
+def check_host() -> list[features.Feature]:
+    """The feature table; raises AgentError naming every missing requirement."""
+    table = features.probe(PROBE_OBJECT)
+    missing = features.missing_required(table)
+    if missing:
+        raise AgentError("this host cannot run the agent:\n" + "\n".join(
+            f"  - {f.name}: {f.detail}" for f in missing))
+    return table
+
+
+@dataclass
+class Agent:
+    config: AgentConfig
+    registry: Registry = field(default_factory=Registry)
+    resource: Resource = field(default_factory=host_resource)
+
+    def __post_init__(self) -> None:
+        self.sensors: list[Sensor] = []
+        self.receiver: OtlpReceiver | None = None
+        self.prometheus: PrometheusEndpoint | None = None
+        self.sink: Sink | None = None
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    # -- start ----------------------------------------------------------------------------
+    def start(self) -> None:
+        if os.geteuid() != 0:
+            raise AgentError("the agent loads BPF programs and must run as root (try: sudo otelbpf run)")
+        progress("probing kernel features")
+        check_host()
+        self.sink = self._open_sinks()
+        self._register_bpf_stats()
+        try:
+            for name in self.config.sensors:
+                progress(f"loading sensor {name}")
+                sensor = self._make_sensor(name)
+                sensor.start()
+                self.sensors.append(sensor)
+        except BaseException:
+            self.stop()
+            raise
+        for sensor in self.sensors:
+            t = threading.Thread(target=self._drain, args=(sensor,), name=f"sensor-{sensor.name}", daemon=True)
+            t.start()
+            self._threads.append(t)
+        progress(f"running: sensors {', '.join(s.name for s in self.sensors)}; {self._describe_sinks()}")
+
+    def _open_sinks(self) -> Sink:
+        cfg = self.config
+        sinks: list[Sink] = []
+        if cfg.otlp_endpoint:
+            settings = OtlpSettings.from_env(os.environ, {"endpoint": cfg.otlp_endpoint,
+                                                          "protocol": cfg.otlp_protocol})
+            sinks.append(OtlpExporter(settings, self.registry))
+        else:
+            # The embedded default: our own OTLP receiver on loopback, fed by the same
+            # exporter a collector would get, plus a live console and a JSON-lines file.
+            self.receiver = self._start_receiver()
+            settings = OtlpSettings.from_env({}, {"endpoint": self.receiver.http_endpoint,
+                                                  "protocol": "http/protobuf"})
+            sinks.append(OtlpExporter(settings, self.registry, name="embedded"))
+        if cfg.console or not cfg.otlp_endpoint:
+            sinks.append(ConsoleSink())
+        jsonl = cfg.jsonl_path or (None if cfg.otlp_endpoint else DEFAULT_JSONL)
+        if jsonl:
+            sinks.append(JsonLinesSink(jsonl))
+            self._jsonl = jsonl
+        if cfg.prometheus:
+            host, port = parse_host_port(cfg.prometheus)
+            self.prometheus = PrometheusEndpoint(self.registry, host or "0.0.0.0", port).start()
+        return FanoutSink(sinks) if len(sinks) > 1 else sinks[0]
+
+    def _start_receiver(self) -> OtlpReceiver:
+        try:
+            return OtlpReceiver("127.0.0.1", EMBEDDED_GRPC_PORT, EMBEDDED_HTTP_PORT).start()
+        except OSError as e:
+            progress(f"OTLP ports {EMBEDDED_GRPC_PORT}/{EMBEDDED_HTTP_PORT} busy ({e}); using free ports")
+            return OtlpReceiver("127.0.0.1", 0, 0).start()
+
+    def _describe_sinks(self) -> str:
+        parts = []
+        if self.config.otlp_endpoint:
+            parts.append(f"OTLP {self.config.otlp_protocol} to {self.config.otlp_endpoint}")
+        if self.receiver:
+            parts.append(f"embedded OTLP receiver on {self.receiver.grpc_endpoint} (gRPC) and "
+                         f"{self.receiver.http_endpoint} (HTTP)")
+        if getattr(self, "_jsonl", None):
+            parts.append(f"events to {self._jsonl}")
+        if self.prometheus:
+            parts.append(f"metrics on {self.prometheus.url}")
+        return "; ".join(parts)
+
+    def _make_sensor(self, name: str) -> Sensor:
+        cfg = self.config
+        if name == "process":
+            return ProcessSensor(self.sink.export_logs, self.registry, self.resource,
+                                 max_args_bytes=cfg.process.max_args_bytes,
+                                 keep_secret_args=cfg.process.keep_secret_args,
+                                 table_size=cfg.process.table_size, ringbuf_bytes=cfg.ringbuf_bytes)
+        raise AgentError(f"unknown sensor {name!r}")
+
+    def _register_bpf_stats(self) -> None:
+        # Non-zero only while kernel.bpf_stats_enabled=1 (the kernel then times each run).
+        def stat(index: int):
+            def points():
+                out = []
+                for sensor in self.sensors:
+                    for prog in sensor.programs():
+                        try:
+                            out.append(({"sensor": sensor.name, "program": prog.name}, prog.stats()[index]))
+                        except Exception:  # noqa: BLE001 - a program closed mid-read
+                            continue
+                return out
+            return points
+        self.registry.gauge("otelbpf.bpf.run_time", "Kernel time spent in each BPF program", "ns", stat(0))
+        self.registry.gauge("otelbpf.bpf.run_count", "Runs of each BPF program", "{run}", stat(1))
+
+    # -- run ------------------------------------------------------------------------------
+    def _drain(self, sensor: Sensor) -> None:
+        while not self._stop.is_set():
+            try:
+                sensor.poll(self.config.drain_interval)
+            except Exception:  # a decoding bug must not stop the other sensors
+                log.exception("sensor %s failed to decode a batch", sensor.name)
+                time.sleep(self.config.drain_interval)
+
+    def export_metrics(self) -> None:
+        if self.sink is not None:
+            self.sink.export_metrics(self.registry.snapshot(self.resource, SELF_SCOPE))
+
+    def run(self, duration: float | None = None) -> None:
+        """Run until duration elapses or stop is requested (SIGINT/SIGTERM when on the main thread)."""
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(sig, lambda *_: self._stop.set())
+        deadline = time.monotonic() + duration if duration else None
+        next_metrics = time.monotonic() + self.config.metrics_interval
+        while not self._stop.is_set():
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
+                break
+            if now >= next_metrics:
+                self.export_metrics()
+                next_metrics = now + self.config.metrics_interval
+            self._stop.wait(min(0.5, max(0.0, (deadline or now + 0.5) - now)))
+
+    # -- stop -----------------------------------------------------------------------------
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(timeout)
+        self._threads.clear()
+        for sensor in self.sensors:
+            try:
+                sensor.stop()  # detach, then drain what the kernel still holds
+            except Exception:  # keep detaching the others
+                log.exception("stopping sensor %s", sensor.name)
+        self.export_metrics()
+        self.sensors.clear()
+        if self.sink is not None:
+            self.sink.shutdown(timeout)
+            self.sink = None
+        if self.prometheus is not None:
+            self.prometheus.stop()
+            self.prometheus = None
+        if self.receiver is not None:
+            self.receiver.stop()
+            self.receiver = None
