@@ -1,0 +1,1 @@
+"""Sinks: where batches leave the agent (OTLP, Prometheus, console, JSON lines)."""

@@ -1,0 +1,467 @@
+"""OTLP exporter: batches logs and metrics and sends them over gRPC, HTTP/protobuf or HTTP/JSON.
+
+Per signal, a bounded queue feeds one worker thread that cuts requests of up to
+max_batch_size items (or whatever arrived within batch_timeout), encodes them and sends
+with retries. The queue bound counts items queued plus in flight; a batch that does not
+fit is dropped and counted. Counters go to the Registry given (or a private one):
+otelbpf.exporter.{sent,failed,retried,dropped,rejected} and otelbpf.exporter.queue.size,
+with attributes signal and exporter.
+"""
+
+from __future__ import annotations
+
+import gzip
+import logging
+import math
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+import grpc
+import urllib3
+from google.protobuf.message import DecodeError, Message
+from google.rpc import error_details_pb2, status_pb2
+from opentelemetry.proto.collector.logs.v1 import logs_service_pb2
+from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2
+
+from otelbpf.export.otlp_settings import OtlpSettings, SignalSettings
+from otelbpf.export.retry import (
+    RETRYABLE_HTTP_STATUSES,
+    PermanentError,
+    RetryableError,
+    parse_retry_after,
+    send_with_retry,
+)
+from otelbpf.signals import otlp as mapping
+from otelbpf.signals.model import LogBatch, MetricBatch
+from otelbpf.signals.otlp_json import from_json, to_json
+from otelbpf.signals.registry import Registry
+
+log = logging.getLogger(__name__)
+B = TypeVar("B", LogBatch, MetricBatch)
+
+_RETRYABLE_GRPC = frozenset({
+    grpc.StatusCode.CANCELLED,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.ABORTED,
+    grpc.StatusCode.OUT_OF_RANGE,
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.DATA_LOSS,
+})
+
+
+@dataclass(frozen=True)
+class _Codec(Generic[B]):
+    """What differs between signals: counting, splitting, encoding, the response."""
+
+    count: Callable[[B], int]
+    split: Callable[[B, int], tuple[B, B]] | None  # (first n items, rest); None: never split
+    encode_protobuf: Callable[[list[B]], bytes]
+    encode_message: Callable[[list[B]], Message]
+    response: type[Message]
+    rejected_field: str
+    grpc_method: str
+
+
+def _split_logs(batch: LogBatch, n: int) -> tuple[LogBatch, LogBatch]:
+    head = LogBatch(batch.resource, batch.scope, batch.records[:n])
+    return head, LogBatch(batch.resource, batch.scope, batch.records[n:])
+
+
+def _grpc_method(service_module, service: str) -> str:
+    """Method path from the official descriptor, e.g. /opentelemetry...LogsService/Export."""
+    return f"/{service_module.DESCRIPTOR.services_by_name[service].full_name}/Export"
+
+
+_CODECS = {
+    "logs": _Codec(
+        count=mapping.log_item_count,
+        split=_split_logs,
+        encode_protobuf=mapping.encode_logs_request,
+        encode_message=mapping.logs_request,
+        response=logs_service_pb2.ExportLogsServiceResponse,
+        rejected_field="rejected_log_records",
+        grpc_method=_grpc_method(logs_service_pb2, "LogsService"),
+    ),
+    "metrics": _Codec(
+        count=mapping.metric_item_count,
+        split=None,  # a metric batch is one snapshot: keep it whole
+        encode_protobuf=mapping.encode_metrics_request,
+        encode_message=mapping.metrics_request,
+        response=metrics_service_pb2.ExportMetricsServiceResponse,
+        rejected_field="rejected_data_points",
+        grpc_method=_grpc_method(metrics_service_pb2, "MetricsService"),
+    ),
+}
+
+
+@dataclass(frozen=True)
+class _Sent:
+    rejected: int = 0
+    message: str = ""
+
+
+class _GrpcTransport:
+    """Sends encoded requests through grpcio; bytes go out as they are (no re-serialising)."""
+
+    def __init__(self, settings: SignalSettings, codec: _Codec) -> None:
+        self._settings, self._codec = settings, codec
+        # grpcio backs off up to 120 s between reconnects by default; a collector that comes
+        # back should see our queue drained within seconds.
+        options = [
+            ("grpc.max_send_message_length", -1),
+            ("grpc.initial_reconnect_backoff_ms", 200),
+            ("grpc.max_reconnect_backoff_ms", 5000),
+        ]
+        if settings.insecure:
+            self._channel = grpc.insecure_channel(settings.grpc_target, options=options)
+        else:
+            credentials = grpc.ssl_channel_credentials(
+                root_certificates=_read(settings.certificate),
+                private_key=_read(settings.client_key),
+                certificate_chain=_read(settings.client_certificate),
+            )
+            self._channel = grpc.secure_channel(settings.grpc_target, credentials, options)
+        self._export = self._channel.unary_unary(
+            codec.grpc_method, request_serializer=None, response_deserializer=codec.response.FromString
+        )
+        self._compression = grpc.Compression.Gzip if settings.compression == "gzip" else None
+
+    def send(self, batches: list) -> _Sent:
+        body = self._codec.encode_protobuf(batches)
+        try:
+            response = self._export(
+                body,
+                timeout=self._settings.timeout,
+                metadata=self._settings.headers or None,
+                compression=self._compression,
+            )
+        except grpc.RpcError as error:
+            code, details = error.code(), error.details()
+            message = f"gRPC {code.name}: {details}"
+            delay = _retry_delay(error.trailing_metadata())
+            if code in _RETRYABLE_GRPC or (
+                code is grpc.StatusCode.RESOURCE_EXHAUSTED and delay is not None
+            ):
+                raise RetryableError(message, delay) from None
+            raise PermanentError(message) from None
+        return _partial_success(response, self._codec)
+
+    def close(self) -> None:
+        self._channel.close()
+
+
+def _retry_delay(trailing_metadata) -> float | None:
+    """RetryInfo.retry_delay from the grpc-status-details-bin trailer, if the server sent it."""
+    for key, value in trailing_metadata or ():
+        if key != "grpc-status-details-bin":
+            continue
+        try:
+            status = status_pb2.Status.FromString(value)
+        except DecodeError:
+            return None
+        for detail in status.details:
+            info = error_details_pb2.RetryInfo()
+            if detail.Unpack(info):
+                return info.retry_delay.seconds + info.retry_delay.nanos / 1e9
+    return None
+
+
+class _HttpTransport:
+    """POSTs over a keep-alive urllib3 pool."""
+
+    def __init__(self, settings: SignalSettings, codec: _Codec) -> None:
+        self._settings, self._codec = settings, codec
+        self._json = settings.protocol == "http/json"
+        self._headers = {
+            "Content-Type": "application/json" if self._json else "application/x-protobuf",
+            "User-Agent": f"otelbpf/{mapping.SCOPE_VERSION}",
+            **dict(settings.headers),
+        }
+        if settings.compression == "gzip":
+            self._headers["Content-Encoding"] = "gzip"
+        tls = {}
+        if settings.endpoint.startswith("https://"):
+            tls = dict(
+                ca_certs=settings.certificate,
+                cert_file=settings.client_certificate,
+                key_file=settings.client_key,
+            )
+        self._pool = urllib3.PoolManager(
+            num_pools=1, maxsize=1, retries=False, timeout=settings.timeout, **tls
+        )
+
+    def send(self, batches: list) -> _Sent:
+        if self._json:
+            body = to_json(self._codec.encode_message(batches))
+        else:
+            body = self._codec.encode_protobuf(batches)
+        if self._settings.compression == "gzip":
+            body = gzip.compress(body, compresslevel=6)
+        try:
+            reply = self._pool.request(
+                "POST", self._settings.endpoint, body=body, headers=self._headers
+            )
+        except urllib3.exceptions.HTTPError as error:  # refused, reset, timed out
+            raise RetryableError(f"HTTP request to {self._settings.endpoint} failed: {error}") from None
+        if reply.status == 200:
+            return _partial_success(self._decode(reply.data, self._codec.response), self._codec)
+        message = f"HTTP {reply.status} from {self._settings.endpoint}: {self._error_text(reply)}"
+        if reply.status in RETRYABLE_HTTP_STATUSES:
+            raise RetryableError(message, parse_retry_after(reply.headers.get("Retry-After")))
+        raise PermanentError(message)
+
+    def _decode(self, data: bytes, message_class: type[Message]) -> Message:
+        if not data:
+            return message_class()
+        try:
+            return from_json(data, message_class) if self._json else message_class.FromString(data)
+        except (ValueError, DecodeError):
+            return message_class()  # a 200 with an unreadable body still means accepted
+
+    def _error_text(self, reply) -> str:
+        """The google.rpc.Status message when the body holds one, else the raw text."""
+        if reply.headers.get("Content-Type", "").startswith(("application/x-protobuf", "application/json")):
+            try:
+                status = self._decode(reply.data, status_pb2.Status)
+                if status.message:
+                    return status.message
+            except Exception:  # noqa: BLE001 (any odd body falls back to text)
+                pass
+        return reply.data[:200].decode("utf-8", "replace") or "(empty body)"
+
+    def close(self) -> None:
+        self._pool.clear()
+
+
+def _partial_success(response: Message, codec: _Codec) -> _Sent:
+    partial = response.partial_success
+    return _Sent(rejected=getattr(partial, codec.rejected_field), message=partial.error_message)
+
+
+def _read(path: str | None) -> bytes | None:
+    if path is None:
+        return None
+    with open(path, "rb") as f:
+        return f.read()
+
+
+class _SignalPipeline:
+    """Bounded queue + worker thread + transport for one signal."""
+
+    def __init__(
+        self,
+        signal: str,
+        settings: OtlpSettings,
+        registry: Registry,
+        exporter_name: str,
+    ) -> None:
+        self.signal = signal
+        self._settings = settings
+        self._codec = _CODECS[signal]
+        signal_settings = settings.for_signal(signal)
+        transport_class = _GrpcTransport if signal_settings.protocol == "grpc" else _HttpTransport
+        self._transport = transport_class(signal_settings, self._codec)
+        attrs = {"signal": signal, "exporter": exporter_name}
+        self._attrs = attrs
+        self._sent = registry.counter("otelbpf.exporter.sent", "Items the receiver accepted", "{item}")
+        self._failed = registry.counter("otelbpf.exporter.failed", "Items given up on after a permanent error or retries ran out", "{item}")
+        self._retried = registry.counter("otelbpf.exporter.retried", "Items in requests sent again after a retryable error", "{item}")
+        self._dropped = registry.counter("otelbpf.exporter.dropped", "Items dropped because the queue was full or at shutdown", "{item}")
+        self._rejected = registry.counter("otelbpf.exporter.rejected", "Items the receiver rejected (partial success)", "{item}")
+        self._queue_size = registry.up_down_counter("otelbpf.exporter.queue.size", "Items queued or in flight", "{item}")
+
+        self._cond = threading.Condition()
+        self._pending: deque[tuple[object, int]] = deque()
+        self._pending_items = 0
+        self._held_items = 0  # queued plus in flight: what the queue bound applies to
+        self._first_pending_at = 0.0
+        self._flushing = 0
+        self._closing = False
+        self._deadline = math.inf
+        self._wake = threading.Condition()  # interrupts retry waits at shutdown
+        self._thread = threading.Thread(
+            target=self._run, name=f"otlp-{exporter_name}-{signal}", daemon=True
+        )
+        self._thread.start()
+
+    # -- producer side -------------------------------------------------------------------
+
+    def enqueue(self, batch) -> None:
+        n = self._codec.count(batch)
+        if n == 0:
+            return
+        with self._cond:
+            if self._closing or self._held_items + n > self._settings.queue_size:
+                self._dropped.add(n, self._attrs)
+                return
+            if not self._pending:
+                self._first_pending_at = time.monotonic()
+            self._pending.append((batch, n))
+            self._pending_items += n
+            self._held_items += n
+            # Wake the worker for the first batch (it starts the batch timeout) and for a full one.
+            if len(self._pending) == 1 or self._pending_items >= self._settings.max_batch_size:
+                self._cond.notify_all()
+        self._queue_size.add(n, self._attrs)
+
+    def flush(self, timeout: float) -> bool:
+        """Sends what is queued now, without waiting for batch_timeout; True when all left."""
+        with self._cond:
+            self._flushing += 1
+            self._cond.notify_all()
+            try:
+                return self._cond.wait_for(lambda: self._held_items == 0, timeout)
+            finally:
+                self._flushing -= 1
+
+    def close(self, deadline: float) -> None:
+        """Stops taking batches; the worker sends what is queued until the monotonic deadline."""
+        with self._cond:
+            self._closing = True
+            self._deadline = deadline
+            self._cond.notify_all()
+        with self._wake:
+            self._wake.notify_all()
+
+    def join(self) -> None:
+        self._thread.join(max(self._deadline - time.monotonic(), 0.0) + 1.0)
+        self._transport.close()
+
+    # -- worker side ---------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            taken = self._take()
+            if taken is None:
+                return
+            batches, n = taken
+            self._send(batches, n)
+            with self._cond:
+                self._held_items -= n
+                self._cond.notify_all()
+            self._queue_size.add(-n, self._attrs)
+
+    def _take(self) -> tuple[list, int] | None:
+        """Waits for a full batch, the batch timeout, a flush or shutdown; None: exit."""
+        settings = self._settings
+        with self._cond:
+            while True:
+                if self._closing and time.monotonic() >= self._deadline:
+                    self._drop_pending()
+                    return None
+                if not self._pending:
+                    if self._closing:
+                        return None
+                    self._cond.wait()
+                    continue
+                urgent = self._closing or self._flushing
+                if urgent or self._pending_items >= settings.max_batch_size:
+                    break
+                remaining = self._first_pending_at + settings.batch_timeout - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._cond.wait(remaining)
+            return self._pop(settings.max_batch_size)
+
+    def _pop(self, limit: int) -> tuple[list, int]:
+        batches, total = [], 0
+        while self._pending and total < limit:
+            batch, n = self._pending[0]
+            room = limit - total
+            if n > room and self._codec.split is not None:
+                head, rest = self._codec.split(batch, room)
+                self._pending[0] = (rest, n - room)
+                batch, n = head, room
+            elif n > room and total > 0:
+                break  # an unsplittable batch waits for the next request
+            else:
+                self._pending.popleft()
+            batches.append(batch)
+            total += n
+        self._pending_items -= total
+        self._first_pending_at = time.monotonic()
+        return batches, total
+
+    def _drop_pending(self) -> None:
+        n = self._pending_items
+        if n:
+            log.warning("OTLP %s exporter: shutdown timeout, dropping %d queued items", self.signal, n)
+            self._dropped.add(n, self._attrs)
+            self._queue_size.add(-n, self._attrs)
+        self._pending.clear()
+        self._pending_items = 0
+        self._held_items -= n
+
+    def _send(self, batches: list, n: int) -> None:
+        def on_retry(reason: str) -> None:
+            log.info("OTLP %s export will be retried: %s", self.signal, reason)
+            self._retried.add(n, self._attrs)
+
+        def sleep(seconds: float) -> None:
+            with self._wake:
+                self._wake.wait(max(min(seconds, self._deadline - time.monotonic()), 0.0))
+
+        try:
+            sent = send_with_retry(
+                lambda: self._transport.send(batches),
+                self._settings.retry,
+                sleep=sleep,
+                on_retry=on_retry,
+                deadline=lambda: self._deadline,
+            )
+        except (RetryableError, PermanentError) as error:
+            log.warning("OTLP %s export of %d items failed: %s", self.signal, n, error)
+            self._failed.add(n, self._attrs)
+            return
+        except Exception:  # an encoding bug must not kill the worker and wedge the queue
+            log.exception("OTLP %s export of %d items failed", self.signal, n)
+            self._failed.add(n, self._attrs)
+            return
+        if sent.rejected:
+            log.warning("OTLP receiver rejected %d %s items: %s", sent.rejected, self.signal, sent.message)
+            self._rejected.add(sent.rejected, self._attrs)
+        self._sent.add(n - sent.rejected, self._attrs)
+
+
+class OtlpExporter:
+    """Sink that exports logs and metrics over OTLP; see the module docstring."""
+
+    def __init__(
+        self,
+        settings: OtlpSettings | None = None,
+        registry: Registry | None = None,
+        name: str = "otlp",
+    ) -> None:
+        self.name = name
+        self.settings = settings or OtlpSettings.from_env()
+        self.registry = registry if registry is not None else Registry()
+        self._pipelines = {
+            signal: _SignalPipeline(signal, self.settings, self.registry, name)
+            for signal in _CODECS
+        }
+
+    def export_logs(self, batch: LogBatch) -> None:
+        self._pipelines["logs"].enqueue(batch)
+
+    def export_metrics(self, batch: MetricBatch) -> None:
+        self._pipelines["metrics"].enqueue(batch)
+
+    def flush(self, timeout: float = 5.0) -> bool:
+        """Sends everything queued; True when it all left within timeout."""
+        deadline = time.monotonic() + timeout
+        return all(
+            pipeline.flush(max(deadline - time.monotonic(), 0.0))
+            for pipeline in self._pipelines.values()
+        )
+
+    def shutdown(self, timeout: float = 5.0) -> None:
+        """Flushes within timeout (retries included), then stops; what is left is dropped."""
+        deadline = time.monotonic() + timeout
+        for pipeline in self._pipelines.values():
+            pipeline.close(deadline)
+        for pipeline in self._pipelines.values():
+            pipeline.join()

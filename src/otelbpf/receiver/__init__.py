@@ -1,0 +1,1 @@
+"""Servers that accept telemetry from others: the embedded OTLP receiver."""
