@@ -111,7 +111,7 @@ class Agent:
             settings = OtlpSettings.from_env({}, {"endpoint": self.receiver.http_endpoint,
                                                   "protocol": "http/protobuf"})
             sinks.append(OtlpExporter(settings, self.registry, name="embedded"))
-        if cfg.console or not cfg.otlp_endpoint:
+        if cfg.console or (cfg.console is None and not cfg.otlp_endpoint):
             sinks.append(ConsoleSink())
         jsonl = cfg.jsonl_path or (None if cfg.otlp_endpoint else DEFAULT_JSONL)
         if jsonl:

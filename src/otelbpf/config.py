@@ -64,10 +64,10 @@ class AgentConfig(_Model):
     otlp_protocol: Literal["grpc", "http/protobuf", "http/json"] = "grpc"
     prometheus: str | None = None  # "host:port" serving /metrics; off when None
     jsonl_path: str | None = None
-    console: bool = False
+    console: bool | None = None  # one line per event on stdout; None: on only without a collector
     process: ProcessSensorConfig = Field(default_factory=ProcessSensorConfig)
     # Shared by all sensors: size of each BPF ring buffer and how often it is drained.
-    ringbuf_bytes: int = 8 * 1024 * 1024
+    ringbuf_bytes: int = 4 * 1024 * 1024
     drain_interval: float = Field(0.2, gt=0, le=60)
     metrics_interval: float = Field(10.0, gt=0)
 

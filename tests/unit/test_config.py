@@ -18,7 +18,7 @@ def test_defaults():
     assert cfg.process.max_args_bytes == 4096
     assert cfg.process.keep_secret_args is False
     assert cfg.process.table_size == 32768
-    assert cfg.ringbuf_bytes == 8 * 1024 * 1024
+    assert cfg.ringbuf_bytes == 4 * 1024 * 1024
     assert cfg.drain_interval == 0.2 and cfg.metrics_interval == 10.0
 
 

@@ -20,7 +20,7 @@ const volatile __u32 max_args_bytes = 4096;
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
-	__uint(max_entries, 8 << 20);
+	__uint(max_entries, 4 << 20); /* user space sets the configured size */
 } process_events SEC(".maps");
 
 /* Records the ring buffer had no room for, per CPU: exported, never silent. */

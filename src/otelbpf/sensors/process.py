@@ -40,7 +40,7 @@ class ProcessSensor:
 
     def __init__(self, emit: Callable[[LogBatch], None], registry: Registry, resource: Resource, *,
                  max_args_bytes: int = 4096, keep_secret_args: bool = False, table_size: int = 32768,
-                 ringbuf_bytes: int = 8 << 20, bpf_object: Path = BPF_OBJECT):
+                 ringbuf_bytes: int = 4 << 20, bpf_object: Path = BPF_OBJECT):
         self._emit = emit
         self._resource = resource
         self._max_args_bytes = max_args_bytes
