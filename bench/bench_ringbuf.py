@@ -103,26 +103,27 @@ def trial(drain, rate):
 
 def main() -> str:
     rows = []
-    best = {"bulk": 0.0, "callback": 0.0}
-    bar_zero_drop = True
+    lossless = {"bulk": 0.0, "callback": 0.0}  # highest offered rate delivered without a drop
+    peak = {"bulk": 0.0, "callback": 0.0}      # highest drain rate seen, drops or not
     for rate in RATES:
         for name, drain in (("bulk", drain_bulk), ("callback", drain_callback)):
             results = [trial(drain, rate) for _ in range(ROUNDS)]
             med = {k: median([r[k] for r in results]) for k in results[0]}
-            best[name] = max(best[name], med["rate"])
-            if name == "bulk" and med["offered_rate"] >= 4_000_000 and med["drops"] > 0:
-                bar_zero_drop = False
+            peak[name] = max(peak[name], med["rate"])
+            if max(r["drops"] for r in results) == 0:
+                lossless[name] = max(lossless[name], med["offered_rate"])
             rows.append([name, "max" if rate is None else f"{rate:,}", med["offered_rate"], med["rate"],
                          int(med["drops"]), f"{100 * med['drops'] / max(med['offered'], 1):.1f}%",
                          med["cpu"]])
-    ratio = best["bulk"] / max(best["callback"], 1)
+    ratio = lossless["bulk"] / max(lossless["callback"], 1)
     out = header("Ring buffer: bulk reader vs libbpf callback")
-    out += f"\n40-byte records, 16 MiB ring, {SECONDS:.0f} s per trial, median of {ROUNDS}.\n\n"
+    out += (f"\n40-byte records, 16 MiB ring, {SECONDS:.0f} s per trial, median of {ROUNDS}; the producer "
+            "(BPF_PROG_RUN of a bpf_loop program) runs on one thread, the reader on another.\n\n")
     out += table(["reader", "target rate/s", "offered/s", "drained/s", "dropped", "drop %", "reader CPU s"], rows)
-    out += (f"\nBest drain rate: bulk {best['bulk']:,.0f}/s, callback {best['callback']:,.0f}/s, "
-            f"ratio {ratio:.1f}x (bar >= 3x: {'met' if ratio >= 3 else 'MISSED'}); "
-            f"bulk >= 4M/s: {'met' if best['bulk'] >= 4e6 else 'MISSED'}; zero bulk drops where "
-            f"offered >= 4M/s: {'met' if bar_zero_drop else 'MISSED'}.\n")
+    out += (f"\nHighest rate delivered with zero drops in every round: bulk {lossless['bulk']:,.0f}/s, "
+            f"callback {lossless['callback']:,.0f}/s: {ratio:.1f}x (bar >= 3x: {'met' if ratio >= 3 else 'MISSED'}); "
+            f"bulk lossless at >= 4M/s: {'met' if lossless['bulk'] >= 4e6 else 'MISSED'}. Peak drain rate (drops "
+            f"or not): bulk {peak['bulk']:,.0f}/s, callback {peak['callback']:,.0f}/s.\n")
     return out
 
 

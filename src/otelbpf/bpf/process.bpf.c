@@ -35,7 +35,7 @@ struct {
  * a per-CPU value (32 KiB limit), so a plain array with one slot per CPU, sized by user space. */
 struct exec_scratch {
 	struct exec_event event;
-	char args[OTELBPF_MAX_ARGS_BYTES];
+	char data[OTELBPF_FILENAME_LEN + OTELBPF_MAX_ARGS_BYTES]; /* filename, then argv */
 };
 
 struct {
@@ -88,6 +88,7 @@ int BPF_PROG(handle_exec, struct task_struct *task, pid_t old_pid, struct linux_
 	struct exec_scratch *s = bpf_map_lookup_elem(&exec_scratch_map, &cpu);
 	struct exec_event *e;
 	unsigned long arg_start, arg_end, size;
+	__u32 fn_len;
 	__u32 bound = max_args_bytes;
 	long n;
 
@@ -97,8 +98,9 @@ int BPF_PROG(handle_exec, struct task_struct *task, pid_t old_pid, struct linux_
 	fill_head(&e->head, task, PROCESS_EVENT_EXEC);
 	e->head.old_pid = old_pid;
 
-	n = bpf_probe_read_kernel_str(e->filename, sizeof(e->filename), BPF_CORE_READ(bprm, filename));
-	e->filename_len = n > 0 ? n - 1 : 0;
+	n = bpf_probe_read_kernel_str(s->data, OTELBPF_FILENAME_LEN, BPF_CORE_READ(bprm, filename));
+	fn_len = n > 0 ? n - 1 : 0; /* drop the NUL: argv follows right after */
+	e->filename_len = fn_len;
 
 	arg_start = BPF_CORE_READ(task, mm, arg_start);
 	arg_end = BPF_CORE_READ(task, mm, arg_end);
@@ -108,13 +110,14 @@ int BPF_PROG(handle_exec, struct task_struct *task, pid_t old_pid, struct linux_
 		bound = OTELBPF_MAX_ARGS_BYTES;
 	if (size > bound)
 		size = bound;
-	/* The mask only convinces the verifier; size is already within the bound. */
+	/* The masks only convince the verifier; both values are already within their bounds. */
 	size &= OTELBPF_MAX_ARGS_BYTES - 1;
-	if (size && bpf_probe_read_user(s->args, size, (void *)arg_start) != 0)
+	fn_len &= OTELBPF_FILENAME_LEN - 1;
+	if (size && bpf_probe_read_user(s->data + fn_len, size, (void *)arg_start) != 0)
 		size = 0;
 	e->args_len = size;
 
-	if (bpf_ringbuf_output(&process_events, s, sizeof(struct exec_event) + size, 0))
+	if (bpf_ringbuf_output(&process_events, s, sizeof(struct exec_event) + fn_len + size, 0))
 		count_drop();
 	return 0;
 }

@@ -19,6 +19,7 @@ from otelbpf.enrich.containers import CgroupResolver, container_id_from_cgroup
 from otelbpf.kernel import BpfObject, Program
 from otelbpf.kernel.objects import possible_cpus
 from otelbpf.kernel.ringbuf import RecordBatch, RingBufferReader
+from otelbpf.sensors.backlog import Backlog
 from otelbpf.pipeline.redact import redact_args
 from otelbpf.sensors import process_events as ev
 from otelbpf.sensors.proctable import ProcessInfo, ProcessTable
@@ -27,6 +28,7 @@ from otelbpf.signals.registry import Registry
 
 BPF_OBJECT = Path(__file__).resolve().parent.parent / "bpf" / "process.bpf.o"
 SCOPE = "otelbpf.sensors.process"
+BACKLOG_BYTES = 64 << 20  # exec bursts decoded behind the kernel: ~300k events at ~200 bytes
 ANCESTRY_DEPTH = 8
 
 
@@ -52,6 +54,7 @@ class ProcessSensor:
         self._clock_offset = monotonic_to_unix_offset()
         self._obj: BpfObject | None = None
         self._reader: RingBufferReader | None = None
+        self._backlog: Backlog | None = None
         self._kernel_drops_reported = np.zeros(0, dtype=np.uint64)
         self._events = registry.counter("otelbpf.sensor.events", "Events read from the kernel", "{event}")
         self._drops = registry.counter("otelbpf.sensor.dropped",
@@ -73,6 +76,7 @@ class ProcessSensor:
             obj.maps["process_events"].set_max_entries(self._ringbuf_bytes)
             obj.load()
             self._reader = RingBufferReader(obj.maps["process_events"])
+            self._backlog = Backlog(self._handle, BACKLOG_BYTES, self.name)
             # Processes already running are known before the first event arrives.
             self.table.seed_from_proc(cgroup_root=self._cgroups.root, container_id_of=container_id_from_cgroup)
             obj.attach_all()
@@ -87,27 +91,28 @@ class ProcessSensor:
     def poll(self, timeout: float) -> int:
         if self._reader is None:
             return 0
+        n = 0
         if self._reader.wait(timeout):
             batch = self._reader.read()
             n = len(batch)
-        else:
-            n = 0
-        if n:
-            self._handle(batch)
+            self._backlog.put(batch)
         self._account_kernel_drops()
         return n
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Decode everything read so far (tests and shutdown use it)."""
+        return self._backlog.wait_idle(timeout) if self._backlog else True
 
     def stop(self) -> None:
         if self._obj is None:
             return
         self._obj.detach_all()  # no new events; then take what is still queued
         if self._reader is not None:
-            batch = self._reader.read()
-            if len(batch):
-                self._handle(batch)
+            self._backlog.put(self._reader.read())
             self._account_kernel_drops()
             self._reader.close()
             self._reader = None
+        self._backlog.close()
         self._obj.close()
         self._obj = None
 

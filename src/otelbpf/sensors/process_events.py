@@ -15,8 +15,6 @@ from otelbpf.kernel.ringbuf import RecordBatch
 
 EXEC, FORK, EXIT = 1, 2, 3
 COMM_LEN = 16
-FILENAME_LEN = 512
-MAX_ARGS_BYTES = 32768
 
 PROCESS_EVENT = np.dtype([
     ("ktime_ns", "<u8"), ("start_time_ns", "<u8"), ("cgroup_id", "<u8"),
@@ -28,7 +26,6 @@ PROCESS_EVENT = np.dtype([
 EXEC_EVENT = np.dtype([
     ("head", PROCESS_EVENT),
     ("filename_len", "<u4"), ("args_len", "<u4"), ("args_size", "<u4"), ("_pad", "<u4"),
-    ("filename", f"S{FILENAME_LEN}"),
 ])
 
 
@@ -76,10 +73,12 @@ class ExecDetails:
 
 
 def exec_details(batch: RecordBatch, index: int) -> ExecDetails:
-    """The variable part of one exec record: the path given to execve and argv."""
-    payload = batch.payload(index)
-    fixed = np.frombuffer(payload[: EXEC_EVENT.itemsize], dtype=EXEC_EVENT)[0]
-    filename = bytes(fixed["filename"])[: int(fixed["filename_len"])]
-    args_len = min(int(fixed["args_len"]), len(payload) - EXEC_EVENT.itemsize)
-    args = bytes(payload[EXEC_EVENT.itemsize: EXEC_EVENT.itemsize + args_len])
-    return ExecDetails(decode_text(filename), split_args(args), int(fixed["args_size"]) > args_len)
+    """The variable part of one exec record: the path given to execve, then argv."""
+    payload = bytes(batch.payload(index))
+    fixed = np.frombuffer(payload, dtype=EXEC_EVENT, count=1)[0]
+    start = EXEC_EVENT.itemsize
+    filename_end = min(start + int(fixed["filename_len"]), len(payload))
+    args_end = min(filename_end + int(fixed["args_len"]), len(payload))
+    args_len = args_end - filename_end
+    return ExecDetails(decode_text(payload[start:filename_end]), split_args(payload[filename_end:args_end]),
+                       int(fixed["args_size"]) > args_len)
