@@ -1,6 +1,6 @@
 """Run every benchmark and keep their output in bench/RESULTS.md.
 
-Usage: .venv/bin/python bench/run_all.py [name ...]   (names: ringbuf, execstorm, export)
+Usage: .venv/bin/python bench/run_all.py [name ...]   (names: ringbuf, execstorm, pstorm, export)
 With names, only those run and their sections replace the old ones in RESULTS.md.
 """
 
@@ -17,7 +17,8 @@ from common import machine  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "RESULTS.md"
-BENCHES = {"ringbuf": "bench_ringbuf.py", "execstorm": "bench_execstorm.py", "export": "bench_export.py"}
+BENCHES = {"ringbuf": "bench_ringbuf.py", "execstorm": "bench_execstorm.py", "pstorm": "bench_parallel_storm.py",
+           "export": "bench_export.py"}
 MARK = "<!-- bench: {} -->"
 
 
@@ -36,17 +37,15 @@ def main(names: list[str]) -> None:
     if unknown:
         sys.exit(f"unknown benchmark {', '.join(unknown)} (known: {', '.join(BENCHES)})")
     old = RESULTS.read_text() if RESULTS.exists() else ""
-    sections = {}
-    for name in BENCHES:
-        match = re.search(re.escape(MARK.format(name)) + r"\n(.*?)(?=<!-- bench: |\Z)", old, re.S)
-        if match:
-            sections[name] = match.group(1).rstrip() + "\n"
+    # Sections from earlier runs stay, also those recorded by hand (e.g. a run on another machine).
+    sections = {m.group(1): m.group(2).rstrip() + "\n"
+                for m in re.finditer(r"<!-- bench: (\S+) -->\n(.*?)(?=<!-- bench: |\Z)", old, re.S)}
     for name in names:
         sections[name] = run(name)
         print(sections[name])
     text = (f"# Benchmark results\n\nLatest run: {time.strftime('%Y-%m-%d %H:%M %Z')} on {machine()}.\n"
             "Produced by `make bench` (bench/run_all.py); each section says when it last ran.\n\n")
-    for name in BENCHES:
+    for name in list(BENCHES) + sorted(set(sections) - set(BENCHES)):
         if name in sections:
             text += MARK.format(name) + "\n" + sections[name] + "\n"
     RESULTS.write_text(text)
