@@ -48,5 +48,5 @@ def test_console_line_is_compact_and_fanout_reaches_every_sink():
     fanout = FanoutSink([Broken(), ConsoleSink(stream=human), JsonLinesSink(stream=machine)])
     fanout.export_logs(BATCH)
     line = human.getvalue().strip()
-    assert line.endswith('WARN  process.exec pid=42 name=bash command_args="bash -c echo hi" raw=b\'\\x01\\x02\'')
+    assert line.endswith('WARN  process.exec pid=42 executable.name=bash command_args="bash -c echo hi" raw=b\'\\x01\\x02\'')
     assert json.loads(machine.getvalue())["event_name"] == "process.exec"

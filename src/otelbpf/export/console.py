@@ -105,7 +105,8 @@ class JsonLinesSink(_StreamSink):
 def _compact(attributes: Attributes) -> str:
     parts = []
     for key, value in attributes.items():
-        short = key.rsplit(".", 1)[-1] if key.startswith("process.") else key
+        # Short but unambiguous: "process.user.id" -> "user.id", "process.pid" -> "pid".
+        short = key.removeprefix("otelbpf.").removeprefix("process.")
         if isinstance(value, list | tuple):
             value = " ".join(str(v) for v in value)
         text = str(value)
@@ -114,7 +115,7 @@ def _compact(attributes: Attributes) -> str:
 
 
 class ConsoleSink(_StreamSink):
-    """One line per event: `12:04:05.123 INFO  process.exec pid=42 name=bash ...`."""
+    """One line per event: `12:04:05.123 INFO  process.exec pid=42 executable.name=bash ...`."""
 
     name = "console"
 

@@ -1,0 +1,68 @@
+"""Cross-check with a peer no one here wrote: bpftrace counts the same execs and exits."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import threading
+import time
+import uuid
+from pathlib import Path
+
+from otelbpf.enrich.host import host_resource
+from otelbpf.sensors.process import ProcessSensor
+from otelbpf.signals.registry import Registry
+from tests.conftest import require_tool
+
+RUNS = 223
+
+
+def test_bpftrace_and_the_agent_count_the_same_execs_and_exits():
+    bpftrace = require_tool("bpftrace")
+    # A short path: bpftrace compares at most 64 bytes of a string.
+    binary = Path(f"/tmp/xcheck-{uuid.uuid4().hex[:8]}")
+    shutil.copy("/bin/true", binary)
+    counts = {"process.exec": 0, "process.exit": 0}
+
+    def emit(batch):
+        for r in batch.records:
+            if r.attributes.get("process.executable.path") == str(binary):
+                counts[r.event_name] += 1
+
+    script = (f'tracepoint:sched:sched_process_exec /str(args->filename) == "{binary}"/ {{ @execs = count(); }} '
+              f'tracepoint:sched:sched_process_exit /comm == "{binary.name[:15]}" && pid == tid/ '
+              '{ @exits = count(); }')
+    trace = subprocess.Popen([bpftrace, "-e", script], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    sensor = ProcessSensor(emit, Registry(), host_resource())
+    sensor.start()
+    stop = threading.Event()
+
+    def drain():
+        while not stop.is_set():
+            sensor.poll(0.05)
+
+    drainer = threading.Thread(target=drain)
+    drainer.start()
+    try:
+        banner: list[str] = []  # warnings may come before "Attaching N probes..."
+        while len(banner) < 20 and not any("Attaching" in line for line in banner):
+            line = trace.stdout.readline()
+            if not line:
+                break
+            banner.append(line)
+        assert any("Attaching" in line for line in banner), banner  # bpftrace is attached from here on
+        time.sleep(0.5)
+        subprocess.run(["/bin/sh", "-c", f"i=0; while [ $i -lt {RUNS} ]; do {binary}; i=$((i+1)); done"],
+                       check=True, timeout=120)
+        time.sleep(0.5)
+    finally:
+        trace.send_signal(2)  # SIGINT: bpftrace prints its maps and exits
+        out, _ = trace.communicate(timeout=30)
+        sensor.flush()
+        stop.set()
+        drainer.join()
+        sensor.stop()
+        binary.unlink()
+    peer = {line.split(":")[0].strip("@"): int(line.split(":")[1]) for line in out.splitlines() if line.startswith("@")}
+    assert peer == {"execs": RUNS, "exits": RUNS}
+    assert counts == {"process.exec": RUNS, "process.exit": RUNS}
