@@ -10,6 +10,7 @@ Usage: .venv/bin/python bench/bench_export.py [--records N] [--rounds R]
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import random
 import statistics
@@ -147,7 +148,11 @@ def main() -> None:
     names = list(pipelines)
     medians = {name: statistics.median(rates[name]) for name in names}
     ratio = medians[names[0]] / medians[names[1]]
-    print(f"\n{args.records:,} exec-like log records (8 attributes), OTLP/HTTP protobuf, "
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from common import header as section_header
+
+    print(section_header("OTLP log export: otelbpf vs the OpenTelemetry SDK"))
+    print(f"{args.records:,} exec-like log records (8 attributes), OTLP/HTTP protobuf, "
           f"uncompressed, to a local receiver in another process; {platform.machine()}, "
           f"Python {platform.python_version()}, opentelemetry-sdk {sdk_version}\n")
     header = " | ".join(f"round {i + 1}" for i in range(args.rounds))

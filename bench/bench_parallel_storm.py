@@ -20,6 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import header, table  # noqa: E402
 
 from otelbpf.enrich.host import host_resource  # noqa: E402
+from otelbpf.sensors.base import running  # noqa: E402
 from otelbpf.sensors.process import ProcessSensor  # noqa: E402
 from otelbpf.signals.registry import Registry  # noqa: E402
 
@@ -37,29 +38,17 @@ def storm(shells: int, each: int) -> list:
                     counts[r.event_name] += 1
 
     registry = Registry()
-    sensor = ProcessSensor(emit, registry, host_resource())
-    sensor.start()
-    stop = threading.Event()
-
-    def drain_loop():
-        while not stop.is_set():
-            sensor.poll(0.05)
-
-    drain = threading.Thread(target=drain_loop)
-    drain.start()
-    cpu0 = time.process_time()
-    t0 = time.monotonic()
-    loop = f"i=0; while [ $i -lt {each} ]; do {binary}; i=$((i+1)); done"
-    procs = [subprocess.Popen(["/bin/sh", "-c", loop]) for _ in range(shells)]
-    for p in procs:
-        p.wait(timeout=600)
-    wall = time.monotonic() - t0
-    deadline = time.monotonic() + 60
-    while counts["process.exit"] < shells * each and time.monotonic() < deadline:
-        time.sleep(0.1)
-    stop.set()
-    drain.join()
-    sensor.stop()
+    with running(ProcessSensor(emit, registry, host_resource())):
+        cpu0 = time.process_time()
+        t0 = time.monotonic()
+        loop = f"i=0; while [ $i -lt {each} ]; do {binary}; i=$((i+1)); done"
+        procs = [subprocess.Popen(["/bin/sh", "-c", loop]) for _ in range(shells)]
+        for p in procs:
+            p.wait(timeout=600)
+        wall = time.monotonic() - t0
+        deadline = time.monotonic() + 60
+        while counts["process.exit"] < shells * each and time.monotonic() < deadline:
+            time.sleep(0.1)
     os.unlink(binary)
     drops = sum(p.value for p in registry.counter("otelbpf.sensor.dropped").points())
     return [f"{shells} x {each:,}", round(shells * each / wall), f"{counts['process.exec']:,}",

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import threading
 import time
 import uuid
 from pathlib import Path
 
 from otelbpf.enrich.host import host_resource
+from otelbpf.sensors.base import running
 from otelbpf.sensors.process import ProcessSensor
 from otelbpf.signals.registry import Registry
 from tests.conftest import require_tool
@@ -33,36 +33,23 @@ def test_bpftrace_and_the_agent_count_the_same_execs_and_exits():
               f'tracepoint:sched:sched_process_exit /comm == "{binary.name[:15]}" && pid == tid/ '
               '{ @exits = count(); }')
     trace = subprocess.Popen([bpftrace, "-e", script], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    sensor = ProcessSensor(emit, Registry(), host_resource())
-    sensor.start()
-    stop = threading.Event()
-
-    def drain():
-        while not stop.is_set():
-            sensor.poll(0.05)
-
-    drainer = threading.Thread(target=drain)
-    drainer.start()
-    try:
-        banner: list[str] = []  # warnings may come before "Attaching N probes..."
-        while len(banner) < 20 and not any("Attaching" in line for line in banner):
-            line = trace.stdout.readline()
-            if not line:
-                break
-            banner.append(line)
-        assert any("Attaching" in line for line in banner), banner  # bpftrace is attached from here on
-        time.sleep(0.5)
-        subprocess.run(["/bin/sh", "-c", f"i=0; while [ $i -lt {RUNS} ]; do {binary}; i=$((i+1)); done"],
-                       check=True, timeout=120)
-        time.sleep(0.5)
-    finally:
-        trace.send_signal(2)  # SIGINT: bpftrace prints its maps and exits
-        out, _ = trace.communicate(timeout=30)
-        sensor.flush()
-        stop.set()
-        drainer.join()
-        sensor.stop()
-        binary.unlink()
+    with running(ProcessSensor(emit, Registry(), host_resource())):
+        try:
+            banner: list[str] = []  # warnings may come before "Attaching N probes..."
+            while len(banner) < 20 and not any("Attaching" in line for line in banner):
+                line = trace.stdout.readline()
+                if not line:
+                    break
+                banner.append(line)
+            assert any("Attaching" in line for line in banner), banner  # bpftrace is attached from here on
+            time.sleep(0.5)
+            subprocess.run(["/bin/sh", "-c", f"i=0; while [ $i -lt {RUNS} ]; do {binary}; i=$((i+1)); done"],
+                           check=True, timeout=120)
+            time.sleep(0.5)
+        finally:
+            trace.send_signal(2)  # SIGINT: bpftrace prints its maps and exits
+            out, _ = trace.communicate(timeout=30)
+            binary.unlink()
     peer = {line.split(":")[0].strip("@"): int(line.split(":")[1]) for line in out.splitlines() if line.startswith("@")}
     assert peer == {"execs": RUNS, "exits": RUNS}
     assert counts == {"process.exec": RUNS, "process.exit": RUNS}

@@ -13,6 +13,7 @@ import uuid
 import pytest
 
 from otelbpf.enrich.host import host_resource
+from otelbpf.sensors.base import running
 from otelbpf.sensors.process import ProcessSensor
 from otelbpf.signals.registry import Registry
 
@@ -35,20 +36,8 @@ class Collector:
 def sensor():
     collected = Collector()
     registry = Registry()
-    s = ProcessSensor(collected, registry, host_resource(), max_args_bytes=1024)
-    s.start()
-    stop = threading.Event()
-
-    def loop():
-        while not stop.is_set():
-            s.poll(0.05)
-
-    t = threading.Thread(target=loop, daemon=True)
-    t.start()
-    yield s, collected, registry
-    stop.set()
-    t.join(5)
-    s.stop()
+    with running(ProcessSensor(collected, registry, host_resource(), max_args_bytes=1024)) as s:
+        yield s, collected, registry
 
 
 def wait_for(predicate, timeout=10.0):
