@@ -15,6 +15,7 @@ from otelbpf.sensors.synthetic import BENCH_EVENT, BPF_OBJECT as BENCH_OBJECT
 REPO = Path(__file__).resolve().parents[2]
 BUILD = REPO / "build"
 INCLUDE = REPO / "src" / "otelbpf" / "bpf"
+PROCESS_OBJECT = INCLUDE / "process.bpf.o"
 
 TEST_PROGRAM = r"""
 #include "vmlinux.h"
@@ -100,8 +101,7 @@ def _our_programs() -> set[str]:
 
 
 def test_close_detaches_everything():
-    BPF_OBJECT = REPO / "src" / "otelbpf" / "bpf" / "process.bpf.o"
-    obj = BpfObject(BPF_OBJECT)
+    obj = BpfObject(PROCESS_OBJECT)
     obj.maps["exec_scratch_map"].set_max_entries(possible_cpus())
     obj.load()
     obj.attach_all()
@@ -111,3 +111,20 @@ def test_close_detaches_everything():
     while {"handle_exec", "handle_fork", "handle_exit"} & _our_programs() and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not {"handle_exec", "handle_fork", "handle_exit"} & _our_programs()
+
+
+def test_program_run_statistics_when_the_kernel_keeps_them():
+    stats_knob = Path("/proc/sys/kernel/bpf_stats_enabled")
+    before = stats_knob.read_text().strip()
+    stats_knob.write_text("1")
+    try:
+        with BpfObject(PROCESS_OBJECT) as obj:
+            obj.maps["exec_scratch_map"].set_max_entries(possible_cpus())
+            obj.load()
+            obj.attach_all()
+            for _ in range(5):
+                subprocess.run(["/bin/true"], check=True)
+            run_time, runs = obj.programs["handle_exec"].stats()
+            assert runs >= 5 and run_time > 0
+    finally:
+        stats_knob.write_text(before)
