@@ -54,4 +54,117 @@ struct bench_event {
 	__u64 b;
 };
 
+/* CPU profiling: samples counted in the kernel per (process, thread name, user stack,
+ * kernel stack). A stack id below 0 means no stack of that kind (kernel thread, or a
+ * sample taken in user mode has no kernel stack). */
+struct profile_key {
+	__u32 pid;             /* thread group id */
+	__s32 user_stack_id;   /* id in the stack map, or < 0 */
+	__s32 kernel_stack_id; /* id in the stack map, or < 0 */
+	__u32 _pad;
+	char comm[OTELBPF_COMM_LEN];
+};
+
+/* A process the profiler sampled for the first time since it started or exec'd: user space
+ * reads its memory mappings while it is alive, so its frames resolve after it exits. */
+struct profile_pid_event {
+	__u32 pid;
+	__u32 _pad;
+};
+
+/* --- network --------------------------------------------------------------------------- */
+
+enum conn_event_type {
+	CONN_LISTEN = 1,      /* a process started listening */
+	CONN_UNLISTEN = 2,    /* ... and stopped */
+	CONN_CONNECT = 3,     /* an outgoing connection was established */
+	CONN_ACCEPT = 4,      /* an incoming connection was established */
+	CONN_CLOSE = 5,       /* an established connection ended: final counters */
+	CONN_FAILED = 6,      /* a connection attempt ended before it was established */
+};
+
+enum conn_role {
+	ROLE_CLIENT = 1,
+	ROLE_SERVER = 2,
+};
+
+#define TCP_FIN_RECEIVED 1  /* bytes_received counts the peer's FIN */
+#define TCP_FIN_ACKED 2     /* bytes_acked counts our FIN */
+
+/* TCP counters of one connection, read from the kernel's own struct tcp_sock. The kernel
+ * counts sequence space, so SYN and FIN are in bytes_acked/bytes_received; `flags` says
+ * which FINs are, user space subtracts them (and our SYN, for connections we opened). */
+struct tcp_counters {
+	__u64 bytes_acked;     /* sequence space sent and acknowledged by the peer */
+	__u64 bytes_received;  /* sequence space received in order */
+	__u64 bytes_retrans;
+	__u32 segs_out;
+	__u32 segs_in;
+	__u32 total_retrans;
+	__u32 srtt_us;         /* smoothed RTT in microseconds */
+	__u32 flags;           /* TCP_FIN_* */
+	__u32 _pad;
+};
+
+/* The endpoints of a flow; addresses are IPv4 in the first 4 bytes or IPv6. */
+struct flow_endpoints {
+	__u8 local_addr[16];
+	__u8 peer_addr[16];
+	__u16 family;          /* AF_INET or AF_INET6 */
+	__u16 local_port;      /* host byte order */
+	__u16 peer_port;       /* host byte order */
+	__u8 proto;            /* IPPROTO_TCP or IPPROTO_UDP */
+	__u8 _pad;
+};
+
+struct conn_event {
+	__u64 ktime_ns;
+	__u64 start_ns;        /* when the connection attempt started (or was accepted) */
+	__u64 sock;            /* kernel socket address: identifies the connection while it lives */
+	__u64 cgroup_id;
+	struct tcp_counters counters;
+	struct flow_endpoints flow;
+	__u32 type;            /* enum conn_event_type */
+	__u32 pid;             /* owning process (thread group), 0 if unknown */
+	__u32 sk_err;          /* errno the kernel recorded on the socket (refused, timed out, reset) */
+	__u8 old_state;
+	__u8 role;             /* enum conn_role */
+	__u16 _pad;
+	char comm[OTELBPF_COMM_LEN];
+};
+
+/* One record of the periodic TCP socket walk (iter/tcp) for connections still open. */
+struct conn_sample {
+	__u64 sock;
+	struct tcp_counters counters;
+};
+
+/* Per-flow aggregates kept in the kernel and drained in batches by user space. */
+struct flow_key {
+	struct flow_endpoints flow;
+	__u32 pid;
+	__u32 _pad;
+};
+
+struct flow_value {
+	__u64 tx_bytes;
+	__u64 rx_bytes;
+	__u64 tx_packets;
+	__u64 rx_packets;
+	__u64 retransmits;
+};
+
+#define OTELBPF_DNS_PAYLOAD 512
+
+/* A DNS message (UDP port 53) seen on a socket; the payload is parsed in user space. */
+struct dns_event {
+	__u64 ktime_ns;
+	__u64 cookie;          /* socket cookie: pairs a reply with its query's process */
+	struct flow_endpoints flow;
+	__u32 pid;
+	__u16 payload_len;     /* bytes of payload that follow this struct */
+	__u8 egress;           /* 1: sent by this host, 0: received */
+	__u8 _pad;
+};
+
 #endif /* OTELBPF_EVENTS_H */

@@ -57,6 +57,7 @@ _vsnprintf.argtypes = [c_char_p, c_size_t, c_char_p, c_void_p]
 _log_lock = threading.Lock()
 _log_lines: collections.deque[tuple[int, str]] = collections.deque(maxlen=400)
 _log_seq = 0
+_print_buffer = ctypes.create_string_buffer(4 << 20)
 LIBBPF_WARN, LIBBPF_INFO, LIBBPF_DEBUG = 0, 1, 2
 _log_level = LIBBPF_INFO
 
@@ -66,10 +67,11 @@ def _print_cb(level: int, fmt: bytes, va_list: int) -> int:
     global _log_seq
     if level > _log_level:
         return 0
-    buf = ctypes.create_string_buffer(8192)
-    n = _vsnprintf(buf, len(buf), fmt, va_list)
-    text = buf.value.decode("utf-8", "replace")
     with _log_lock:
+        # One buffer big enough for a whole verifier log (libbpf prints it in one call and a
+        # va_list cannot be replayed): its end holds the reason for a rejection.
+        n = _vsnprintf(_print_buffer, len(_print_buffer), fmt, va_list)
+        text = _print_buffer.value.decode("utf-8", "replace")
         for line in text.splitlines():
             _log_seq += 1
             _log_lines.append((_log_seq, line))
@@ -108,6 +110,9 @@ bpf_program__set_autoload = _fn("bpf_program__set_autoload", c_int, c_void_p, c_
 bpf_program__autoload = _fn("bpf_program__autoload", c_bool, c_void_p)
 bpf_program__attach = _fn("bpf_program__attach", c_void_p, c_void_p)
 bpf_program__attach_perf_event = _fn("bpf_program__attach_perf_event", c_void_p, c_void_p, c_int)
+bpf_program__attach_cgroup = _fn("bpf_program__attach_cgroup", c_void_p, c_void_p, c_int)
+bpf_program__attach_iter = _fn("bpf_program__attach_iter", c_void_p, c_void_p, c_void_p)
+bpf_iter_create = _fn("bpf_iter_create", c_int, c_int)
 bpf_program__attach_tracepoint = _fn("bpf_program__attach_tracepoint", c_void_p, c_void_p, c_char_p, c_char_p)
 
 

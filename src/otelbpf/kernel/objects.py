@@ -46,6 +46,19 @@ class Link:
     def attached(self) -> bool:
         return self._ptr is not None
 
+    def read_iter(self, chunk: int = 1 << 16) -> bytes:
+        """Run an iterator link once and return everything its program wrote."""
+        fd = libbpf.bpf_iter_create(libbpf.bpf_link__fd(self._ptr))
+        if fd < 0:
+            raise BpfError(f"creating an iterator from {self.description}", -fd)
+        parts = []
+        try:
+            while data := os.read(fd, chunk):
+                parts.append(data)
+        finally:
+            os.close(fd)
+        return b"".join(parts)
+
     def destroy(self) -> None:
         if self._ptr is not None:
             libbpf.bpf_link__destroy(self._ptr)
@@ -88,6 +101,18 @@ class Program:
 
     def attach_perf_event(self, perf_fd: int) -> Link:
         return self._link(libbpf.bpf_program__attach_perf_event(self._ptr, perf_fd), f"perf_event fd {perf_fd}")
+
+    def attach_cgroup(self, cgroup_path: str) -> Link:
+        """Attach a cgroup program (cgroup_skb, cgroup/sock...) to a cgroup v2 directory."""
+        fd = os.open(cgroup_path, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            return self._link(libbpf.bpf_program__attach_cgroup(self._ptr, fd), f"cgroup {cgroup_path}")
+        finally:
+            os.close(fd)
+
+    def attach_iter(self) -> Link:
+        """Attach an iterator program (iter/...); read it with Link.read_iter()."""
+        return self._link(libbpf.bpf_program__attach_iter(self._ptr, None), self.section)
 
     def attach_uprobe(self, binary: str, function: str, *, retprobe: bool = False, pid: int = -1) -> Link:
         opts = libbpf.bpf_uprobe_opts(sz=ctypes.sizeof(libbpf.bpf_uprobe_opts), retprobe=retprobe,

@@ -9,7 +9,6 @@ semantic-convention attributes plus counters by executable.
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from otelbpf.kernel import BpfObject, Program
 from otelbpf.kernel.objects import possible_cpus
 from otelbpf.kernel.ringbuf import RecordBatch, RingBufferReader
 from otelbpf.sensors.backlog import Backlog
+from otelbpf.sensors.clock import monotonic_to_unix_offset
 from otelbpf.pipeline.redact import redact_args
 from otelbpf.sensors import process_events as ev
 from otelbpf.sensors.proctable import ProcessInfo, ProcessTable
@@ -30,11 +30,6 @@ BPF_OBJECT = Path(__file__).resolve().parent.parent / "bpf" / "process.bpf.o"
 SCOPE = "otelbpf.sensors.process"
 BACKLOG_BYTES = 64 << 20  # exec bursts decoded behind the kernel: ~300k events at ~200 bytes
 ANCESTRY_DEPTH = 8
-
-
-def monotonic_to_unix_offset() -> int:
-    """Add to a CLOCK_MONOTONIC timestamp (bpf_ktime_get_ns) to get Unix time in ns."""
-    return time.time_ns() - time.monotonic_ns()
 
 
 class ProcessSensor:

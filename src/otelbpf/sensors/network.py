@@ -1,0 +1,480 @@
+"""Network sensor: TCP connections with their bytes, RTT and retransmits, failed connections,
+UDP flows and DNS lookups, for every process, aggregated in the kernel.
+
+The BPF side (bpf/network.bpf.c) reports connection lifecycle events and DNS messages on two
+ring buffers, keeps per-flow aggregates in a hash map, and offers an iterator over open TCP
+sockets. Here: events give connections and failures; every sample interval the iterator
+gives the counters of open connections and the flow map is drained in one batch operation;
+counter deltas become OTLP metrics, failures and DNS errors become log records, and a
+service map (process -> peer, named by DNS where it was resolved) is kept for the store and
+`otelbpf flows`.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from otelbpf.enrich.containers import find_cgroup2_root
+from otelbpf.kernel import BpfObject, Program
+from otelbpf.kernel.ringbuf import RecordBatch, RingBufferReader
+from otelbpf.protocols import dns
+from otelbpf.sensors import network_events as ne
+from otelbpf.sensors.clock import monotonic_to_unix_offset
+from otelbpf.signals.model import LogBatch, LogRecord, Resource, Severity
+from otelbpf.signals.registry import Registry
+
+BPF_OBJECT = Path(__file__).resolve().parent.parent / "bpf" / "network.bpf.o"
+SCOPE = "otelbpf.sensors.network"
+DURATION_BOUNDS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 1800, 3600)
+DNS_BOUNDS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
+RTT_BOUNDS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1)
+DNS_TIMEOUT_NS = 10 * 10**9
+KEEP_RECENT = 4096  # closed connections and DNS lookups kept for views and tests
+DROP_KINDS = ("ring_buffer_full", "connection_table_full", "flow_table_full")
+
+
+@dataclass(slots=True)
+class Connection:
+    sock: int
+    pid: int
+    process: str
+    role: str                 # "client" or "server"
+    network_type: str         # "ipv4" or "ipv6"
+    local_address: str
+    local_port: int
+    peer_address: str
+    peer_port: int
+    start_ns: int
+    end_ns: int = 0
+    bytes_sent: int = 0       # acknowledged by the peer
+    bytes_received: int = 0
+    segments_out: int = 0
+    segments_in: int = 0
+    retransmits: int = 0
+    srtt_us: int = 0
+    failure: str | None = None
+    reported: tuple[int, int, int, int] = (0, 0, 0, 0)  # counters already turned into metrics
+
+    @property
+    def server_port(self) -> int:
+        return self.peer_port if self.role == "client" else self.local_port
+
+
+@dataclass(slots=True)
+class DnsLookup:
+    pid: int
+    process: str
+    name: str
+    qtype: str
+    server: str
+    rcode: str              # "NOERROR", "NXDOMAIN", ..., or "TIMEOUT"
+    answers: tuple[str, ...]
+    duration_s: float
+    time_unix_nano: int
+
+
+@dataclass(slots=True)
+class Edge:
+    """One arrow of the service map: a process talking to a peer service."""
+
+    process: str
+    peer_address: str
+    peer_port: int
+    transport: str
+    peer_name: str | None = None
+    connections: int = 0
+    bytes_sent: int = 0
+    bytes_received: int = 0
+    last_seen_unix_nano: int = 0
+
+
+@dataclass
+class _PendingQuery:
+    ktime_ns: int
+    pid: int
+    name: str
+    qtype: str
+
+
+class NetworkSensor:
+    name = "network"
+
+    def __init__(self, emit: Callable[[LogBatch], None], registry: Registry, resource: Resource, *,
+                 sample_interval: float = 10.0, ringbuf_bytes: int = 4 << 20, capture_dns: bool = True,
+                 connection_logs: bool = False, bpf_object: Path = BPF_OBJECT):
+        self._emit = emit
+        self._resource = resource
+        self._sample_interval = sample_interval
+        self._ringbuf_bytes = ringbuf_bytes
+        self._capture_dns = capture_dns
+        self._connection_logs = connection_logs
+        self._bpf_object = bpf_object
+        self._clock_offset = monotonic_to_unix_offset()
+        self._obj: BpfObject | None = None
+        self._conn_reader: RingBufferReader | None = None
+        self._dns_reader: RingBufferReader | None = None
+        self._iter_link = None
+        self._next_sample = 0.0
+        self._lock = threading.Lock()  # views read what the drain thread writes
+        self._open: dict[int, Connection] = {}
+        self._pending_dns: collections.OrderedDict[tuple, _PendingQuery] = collections.OrderedDict()
+        self._names_by_address: collections.OrderedDict[str, str] = collections.OrderedDict()
+        self._process_names: dict[int, str] = {}
+        self.closed: collections.deque[Connection] = collections.deque(maxlen=KEEP_RECENT)
+        self.lookups: collections.deque[DnsLookup] = collections.deque(maxlen=KEEP_RECENT)
+        self.listeners: dict[tuple[int, int], tuple[int, str]] = {}  # (family, port) -> (pid, process)
+        self.edges: dict[tuple[str, str, int, str], Edge] = {}
+        self._kernel_drops_reported = np.zeros(0, dtype=np.uint64)
+
+        r = registry
+        self._events = r.counter("otelbpf.sensor.events", "Events read from the kernel", "{event}")
+        self._drops = r.counter("otelbpf.sensor.dropped", "Events the kernel could not queue or store", "{event}")
+        self._connections = r.counter("otelbpf.network.tcp.connections", "TCP connections established", "{connection}")
+        self._failed = r.counter("otelbpf.network.tcp.failed_connections", "TCP connection attempts that failed",
+                                 "{connection}")
+        self._io = r.counter("otelbpf.network.io", "Bytes sent and received", "By")
+        self._packets = r.counter("otelbpf.network.packets", "Packets (UDP) and segments (TCP)", "{packet}")
+        self._retransmits = r.counter("otelbpf.network.tcp.retransmits", "TCP segments retransmitted", "{segment}")
+        self._duration = r.histogram("otelbpf.network.tcp.connection.duration", "How long TCP connections lasted",
+                                     "s", DURATION_BOUNDS)
+        self._rtt = r.histogram("otelbpf.network.tcp.rtt", "Smoothed RTT of TCP connections at close", "s",
+                                RTT_BOUNDS)
+        self._dns_duration = r.histogram("dns.lookup.duration", "DNS lookups, query to answer", "s", DNS_BOUNDS)
+        self._dns_unparsed = r.counter("otelbpf.network.dns.unparsed", "Port 53 payloads that were not DNS", "{message}")
+
+    # -- lifecycle ------------------------------------------------------------------------
+    def start(self) -> None:
+        cgroup_root = find_cgroup2_root()
+        if cgroup_root is None:
+            raise RuntimeError("no cgroup v2 hierarchy is mounted; mount one (mount -t cgroup2 none /sys/fs/cgroup) "
+                               "or run without the network sensor")
+        obj = BpfObject(self._bpf_object)
+        try:
+            for struct, dtype in (("conn_event", ne.CONN_EVENT), ("conn_sample", ne.CONN_SAMPLE),
+                                  ("flow_key", ne.FLOW_KEY), ("flow_value", ne.FLOW_VALUE),
+                                  ("dns_event", ne.DNS_EVENT)):
+                obj.check_layout(struct, dtype)
+            obj.set_rodata(capture_dns=int(self._capture_dns))
+            obj.maps["conn_events"].set_max_entries(self._ringbuf_bytes)
+            obj.load()
+            self._conn_reader = RingBufferReader(obj.maps["conn_events"], record_size=ne.CONN_EVENT.itemsize)
+            self._dns_reader = RingBufferReader(obj.maps["dns_events"])
+            obj.programs["on_tcp_state"].attach()
+            obj.programs["on_tcp_retransmit"].attach()
+            self._iter_link = obj.programs["sample_tcp"].attach_iter()
+            obj.programs["on_egress"].attach_cgroup(cgroup_root)
+            obj.programs["on_ingress"].attach_cgroup(cgroup_root)
+        except BaseException:
+            obj.close()
+            raise
+        self._obj = obj
+        self._next_sample = time.monotonic() + self._sample_interval
+
+    def programs(self) -> list[Program]:
+        return list(self._obj.programs.values()) if self._obj else []
+
+    def poll(self, timeout: float) -> int:
+        if self._obj is None:
+            return 0
+        n = 0
+        if self._conn_reader.wait(min(timeout, max(self._next_sample - time.monotonic(), 0.0))):
+            n += self._drain_rings()
+        else:
+            n += self._drain_rings()  # DNS has its own ring; take it on every turn
+        if time.monotonic() >= self._next_sample:
+            self.sample()
+            self._next_sample = time.monotonic() + self._sample_interval
+        return n
+
+    def stop(self) -> None:
+        if self._obj is None:
+            return
+        self.sample()  # counters of connections still open, before detaching
+        self._obj.detach_all()
+        self._drain_rings()
+        self._drain_flows()
+        self._account_kernel_drops()
+        self._conn_reader.close()
+        self._dns_reader.close()
+        self._obj.close()
+        self._obj = None
+
+    # -- draining -------------------------------------------------------------------------
+    def _drain_rings(self) -> int:
+        records: list[LogRecord] = []
+        conns = self._conn_reader.read()
+        dns_batch = self._dns_reader.read()
+        with self._lock:
+            if len(conns):
+                self._handle_conn_events(conns.fixed(ne.CONN_EVENT), records)
+            if len(dns_batch):
+                self._handle_dns(dns_batch, records)
+        n = len(conns) + len(dns_batch)
+        if n:
+            self._events.add(n, {"sensor": self.name})
+        if records:
+            self._emit(LogBatch(self._resource, SCOPE, records))
+        return n
+
+    def sample(self) -> None:
+        """Counters of open connections (iterator) and the kernel's flow aggregates (batch drain)."""
+        if self._obj is None:
+            return
+        raw = self._iter_link.read_iter()
+        samples = np.frombuffer(raw, dtype=ne.CONN_SAMPLE) if raw else np.zeros(0, ne.CONN_SAMPLE)
+        with self._lock:
+            for s in samples:
+                conn = self._open.get(int(s["sock"]))
+                if conn is not None:
+                    self._update_counters(conn, s["counters"])
+                    self._report_io(conn)
+        self._drain_flows()
+        self._account_kernel_drops()
+        self._expire_dns(time.monotonic_ns())
+
+    def _drain_flows(self) -> None:
+        keys, values = self._obj.maps["flows"].lookup_and_delete_batch(ne.FLOW_KEY, ne.FLOW_VALUE)
+        with self._lock:
+            for key, value in zip(keys, values):
+                flow = key["flow"]
+                pid = int(key["pid"])
+                transport = "udp" if int(flow["proto"]) == ne.IPPROTO_UDP else "tcp"
+                family = int(flow["family"])
+                peer = ne.address(family, bytes(flow["peer_addr"]))
+                attrs = {"process.executable.name": self._process_name(pid, b""),
+                         "network.transport": transport, "network.type": ne.network_type(family),
+                         "network.peer.address": peer, "network.peer.port": int(flow["peer_port"])}
+                if value["retransmits"]:
+                    self._retransmits.add(int(value["retransmits"]), attrs)
+                if transport == "udp":
+                    for direction, nbytes, npackets in (("transmit", value["tx_bytes"], value["tx_packets"]),
+                                                        ("receive", value["rx_bytes"], value["rx_packets"])):
+                        if npackets:
+                            self._io.add(int(nbytes), {**attrs, "network.io.direction": direction})
+                            self._packets.add(int(npackets), {**attrs, "network.io.direction": direction})
+                    edge = self._edge(attrs["process.executable.name"], peer, int(flow["peer_port"]), "udp")
+                    edge.bytes_sent += int(value["tx_bytes"])
+                    edge.bytes_received += int(value["rx_bytes"])
+                    edge.last_seen_unix_nano = time.time_ns()
+
+    def _account_kernel_drops(self) -> None:
+        raw = self._obj.maps["network_drops"]
+        for index, kind in enumerate(DROP_KINDS):
+            per_cpu = raw.percpu_u64(index.to_bytes(4, "little"))
+            total = int(per_cpu.sum())
+            seen = self._drops.value({"sensor": self.name, "reason": kind})
+            if total > seen:
+                self._drops.add(total - seen, {"sensor": self.name, "reason": kind})
+
+    # -- connections ----------------------------------------------------------------------
+    def _handle_conn_events(self, events: np.ndarray, records: list[LogRecord]) -> None:
+        for e in events:
+            kind = int(e["type"])
+            if kind in (ne.CONN_LISTEN, ne.CONN_UNLISTEN):
+                key = (int(e["flow"]["family"]), int(e["flow"]["local_port"]))
+                if kind == ne.CONN_LISTEN:
+                    self.listeners[key] = (int(e["pid"]), self._process_name(int(e["pid"]), e["comm"]))
+                else:
+                    self.listeners.pop(key, None)
+                continue
+            sock = int(e["sock"])
+            if kind in (ne.CONN_CONNECT, ne.CONN_ACCEPT):
+                conn = self._new_connection(e)
+                self._open[sock] = conn
+                self._connections.add(1, self._conn_attrs(conn))
+                edge = self._edge(conn.process, conn.peer_address, conn.server_port, "tcp") \
+                    if conn.role == "client" else None
+                if edge:
+                    edge.connections += 1
+                    edge.last_seen_unix_nano = self._unix(int(e["ktime_ns"]))
+            elif kind == ne.CONN_CLOSE:
+                conn = self._open.pop(sock, None) or self._new_connection(e)
+                conn.end_ns = int(e["ktime_ns"])
+                self._update_counters(conn, e["counters"])
+                self._report_io(conn)
+                attrs = {"process.executable.name": conn.process, "otelbpf.network.role": conn.role}
+                self._duration.record((conn.end_ns - conn.start_ns) / 1e9, attrs)
+                if conn.srtt_us:
+                    self._rtt.record(conn.srtt_us / 1e6, attrs)
+                self.closed.append(conn)
+                if self._connection_logs:
+                    records.append(self._conn_record(conn, "network.connection.closed", Severity.INFO))
+            elif kind == ne.CONN_FAILED:
+                conn = self._new_connection(e)
+                conn.end_ns = int(e["ktime_ns"])
+                conn.failure = ne.failure_reason(int(e["sk_err"]))
+                self._failed.add(1, {**self._conn_attrs(conn), "error.type": conn.failure})
+                self.closed.append(conn)
+                records.append(self._conn_record(conn, "network.connection.failed", Severity.WARN))
+
+    def _new_connection(self, e: np.void) -> Connection:
+        flow = e["flow"]
+        family = int(flow["family"])
+        pid = int(e["pid"])
+        return Connection(
+            sock=int(e["sock"]), pid=pid, process=self._process_name(pid, e["comm"]),
+            role="server" if int(e["role"]) == ne.ROLE_SERVER else "client", network_type=ne.network_type(family),
+            local_address=ne.address(family, bytes(flow["local_addr"])), local_port=int(flow["local_port"]),
+            peer_address=ne.address(family, bytes(flow["peer_addr"])), peer_port=int(flow["peer_port"]),
+            start_ns=int(e["start_ns"]) or int(e["ktime_ns"]))
+
+    @staticmethod
+    def _update_counters(conn: Connection, c: np.void) -> None:
+        # The kernel counts sequence space: take out our SYN (connections we opened) and the
+        # FINs it says it counted, to leave the application's bytes.
+        flags = int(c["flags"])
+        syn = 1 if conn.role == "client" else 0
+        conn.bytes_sent = max(int(c["bytes_acked"]) - syn - bool(flags & ne.TCP_FIN_ACKED), 0)
+        conn.bytes_received = max(int(c["bytes_received"]) - bool(flags & ne.TCP_FIN_RECEIVED), 0)
+        conn.segments_out = int(c["segs_out"])
+        conn.segments_in = int(c["segs_in"])
+        conn.retransmits = int(c["total_retrans"])
+        conn.srtt_us = int(c["srtt_us"])
+
+    def _report_io(self, conn: Connection) -> None:
+        """Turn counter growth since the last report into metric increments."""
+        now = (conn.bytes_sent, conn.bytes_received, conn.segments_out, conn.segments_in)
+        sent, received, segs_out, segs_in = (a - b for a, b in zip(now, conn.reported))
+        conn.reported = now
+        attrs = self._conn_attrs(conn)
+        if sent:
+            self._io.add(sent, {**attrs, "network.io.direction": "transmit"})
+        if received:
+            self._io.add(received, {**attrs, "network.io.direction": "receive"})
+        if segs_out:
+            self._packets.add(segs_out, {**attrs, "network.io.direction": "transmit"})
+        if segs_in:
+            self._packets.add(segs_in, {**attrs, "network.io.direction": "receive"})
+        if conn.role == "client" and (sent or received):
+            edge = self._edge(conn.process, conn.peer_address, conn.server_port, "tcp")
+            edge.bytes_sent += sent
+            edge.bytes_received += received
+
+    def _conn_attrs(self, conn: Connection) -> dict:
+        attrs = {"process.executable.name": conn.process, "network.transport": "tcp",
+                 "network.type": conn.network_type, "otelbpf.network.role": conn.role,
+                 "server.port": conn.server_port}
+        if conn.role == "client":
+            attrs["network.peer.address"] = conn.peer_address
+            name = self._names_by_address.get(conn.peer_address)
+            if name:
+                attrs["server.address"] = name
+        else:
+            attrs["client.address"] = conn.peer_address
+        return attrs
+
+    def _conn_record(self, conn: Connection, event: str, severity: Severity) -> LogRecord:
+        attrs = {
+            "process.pid": conn.pid, "process.executable.name": conn.process, "network.transport": "tcp",
+            "network.type": conn.network_type, "network.local.address": conn.local_address,
+            "network.local.port": conn.local_port, "network.peer.address": conn.peer_address,
+            "network.peer.port": conn.peer_port, "otelbpf.network.role": conn.role,
+            "otelbpf.network.duration": (conn.end_ns - conn.start_ns) / 1e9,
+        }
+        if conn.failure:
+            attrs["error.type"] = conn.failure
+        else:
+            attrs.update({"otelbpf.network.bytes_sent": conn.bytes_sent,
+                          "otelbpf.network.bytes_received": conn.bytes_received,
+                          "otelbpf.network.tcp.retransmits": conn.retransmits,
+                          "otelbpf.network.tcp.srtt": conn.srtt_us / 1e6})
+        name = self._names_by_address.get(conn.peer_address)
+        if name:
+            attrs["server.address"] = name
+        return LogRecord(self._unix(conn.end_ns), event, severity, None, attrs)
+
+    def _edge(self, process: str, peer: str, port: int, transport: str) -> Edge:
+        key = (process, peer, port, transport)
+        edge = self.edges.get(key)
+        if edge is None:
+            edge = self.edges[key] = Edge(process, peer, port, transport)
+        if edge.peer_name is None:
+            edge.peer_name = self._names_by_address.get(peer)
+        return edge
+
+    # -- DNS ------------------------------------------------------------------------------
+    def _handle_dns(self, batch: RecordBatch, records: list[LogRecord]) -> None:
+        heads = batch.fixed(ne.DNS_EVENT)
+        for i in range(len(heads)):
+            head = heads[i]
+            flow = head["flow"]
+            if int(flow["peer_port"]) != 53:
+                continue  # the server side of a resolver on this host: its clients report the lookups
+            payload = bytes(batch.payload(i))[ne.DNS_EVENT.itemsize:]
+            msg = dns.parse(payload)
+            if msg is None:
+                self._dns_unparsed.add(1)
+                continue
+            server = ne.address(int(flow["family"]), bytes(flow["peer_addr"]))
+            key = (int(flow["local_port"]), server, msg.id, msg.name.lower())
+            if head["egress"] and not msg.is_response:
+                self._pending_dns[key] = _PendingQuery(int(head["ktime_ns"]), int(head["pid"]), msg.name, msg.qtype)
+                while len(self._pending_dns) > KEEP_RECENT:
+                    self._pending_dns.popitem(last=False)
+            elif not head["egress"] and msg.is_response:
+                query = self._pending_dns.pop(key, None)
+                if query is not None:
+                    self._finish_lookup(query, server, msg.rcode, msg.answers, int(head["ktime_ns"]), records)
+
+    def _finish_lookup(self, query: _PendingQuery, server: str, rcode: str, answers: tuple[str, ...],
+                       end_ns: int, records: list[LogRecord]) -> None:
+        lookup = DnsLookup(query.pid, self._process_name(query.pid, b""), query.name, query.qtype, server, rcode,
+                           answers, (end_ns - query.ktime_ns) / 1e9, self._unix(end_ns))
+        self.lookups.append(lookup)
+        for answer in answers:
+            self._names_by_address[answer] = query.name
+            while len(self._names_by_address) > 4 * KEEP_RECENT:
+                self._names_by_address.popitem(last=False)
+        attrs = {"dns.question.name": query.name}
+        if rcode != "NOERROR":
+            attrs["error.type"] = rcode
+            records.append(LogRecord(lookup.time_unix_nano, "dns.lookup.failed", Severity.WARN, None, {
+                "process.pid": query.pid, "process.executable.name": lookup.process,
+                "dns.question.name": query.name, "otelbpf.dns.question.type": query.qtype,
+                "otelbpf.dns.response_code": rcode, "network.peer.address": server,
+                "otelbpf.dns.duration": lookup.duration_s}))
+        self._dns_duration.record(lookup.duration_s, attrs)
+
+    def _expire_dns(self, now_ns: int) -> None:
+        records: list[LogRecord] = []
+        with self._lock:
+            while self._pending_dns:
+                key, query = next(iter(self._pending_dns.items()))
+                if now_ns - query.ktime_ns < DNS_TIMEOUT_NS:
+                    break
+                self._pending_dns.popitem(last=False)
+                self._finish_lookup(query, key[1], "TIMEOUT", (), query.ktime_ns + DNS_TIMEOUT_NS, records)
+        if records:
+            self._emit(LogBatch(self._resource, SCOPE, records))
+
+    # -- helpers --------------------------------------------------------------------------
+    def _unix(self, ktime_ns: int) -> int:
+        return ktime_ns + self._clock_offset
+
+    def _process_name(self, pid: int, comm) -> str:
+        """Executable name of a pid (cached), else the kernel's comm, else "unknown"."""
+        name = self._process_names.get(pid)
+        if name is None:
+            try:
+                name = os.path.basename(os.readlink(f"/proc/{pid}/exe")) if pid else None
+            except OSError:
+                name = None
+            name = name or (bytes(comm).rstrip(b"\0").decode("utf-8", "replace") if comm else "") or "unknown"
+            if len(self._process_names) > 4 * KEEP_RECENT:
+                self._process_names.clear()
+            self._process_names[pid] = name
+        return name
+
+    # -- views ----------------------------------------------------------------------------
+    def snapshot(self) -> tuple[list[Connection], list[Edge]]:
+        """Open connections and service-map edges, for live views."""
+        with self._lock:
+            return list(self._open.values()), list(self.edges.values())
