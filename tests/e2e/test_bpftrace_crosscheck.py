@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import socket
 import subprocess
 import time
 import uuid
@@ -53,3 +54,53 @@ def test_bpftrace_and_the_agent_count_the_same_execs_and_exits():
     peer = {line.split(":")[0].strip("@"): int(line.split(":")[1]) for line in out.splitlines() if line.startswith("@")}
     assert peer == {"execs": RUNS, "exits": RUNS}
     assert counts == {"process.exec": RUNS, "process.exit": RUNS}
+
+
+def _attach_bpftrace(bpftrace: str, script: str) -> subprocess.Popen:
+    trace = subprocess.Popen([bpftrace, "-e", script], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    banner: list[str] = []  # warnings may come before "Attaching N probes..."
+    while len(banner) < 20 and not any("Attaching" in line for line in banner):
+        line = trace.stdout.readline()
+        if not line:
+            break
+        banner.append(line)
+    assert any("Attaching" in line for line in banner), banner
+    return trace
+
+
+def _bpftrace_maps(trace: subprocess.Popen) -> dict[str, int]:
+    trace.send_signal(2)  # SIGINT: bpftrace prints its maps and exits
+    out, _ = trace.communicate(timeout=30)
+    return {line.split(":")[0].strip("@"): int(line.split(":")[1]) for line in out.splitlines()
+            if line.startswith("@")}
+
+
+def test_bpftrace_and_the_agent_count_the_same_tcp_connections():
+    import sys
+
+    from otelbpf.sensors.network import NetworkSensor
+
+    bpftrace = require_tool("bpftrace")
+    server_script = Path(__file__).resolve().parents[1] / "byte_server.py"
+    server = subprocess.Popen([sys.executable, str(server_script), "127.0.0.1", "37"], stdout=subprocess.PIPE, text=True)
+    port = int(server.stdout.readline())
+    script = ("tracepoint:sock:inet_sock_set_state /args->protocol == 6 && args->newstate == 1/ { "
+              f"if (args->dport == {port}) {{ @client = count(); }} if (args->sport == {port}) {{ @server = count(); }} }}")
+    trace = _attach_bpftrace(bpftrace, script)
+    with running(NetworkSensor(lambda batch: None, Registry(), host_resource())) as sensor:
+        try:
+            for i in range(37):
+                with socket.create_connection(("127.0.0.1", port)) as c:
+                    c.sendall((i % 5).to_bytes(8, "big") + b"x" * i)
+                    c.shutdown(socket.SHUT_WR)
+                    while c.recv(4096):
+                        pass
+            server.wait(30)
+            time.sleep(0.3)
+        finally:
+            peer = _bpftrace_maps(trace)
+    closed = list(sensor.closed)
+    ours = {"client": sum(1 for c in closed if c.role == "client" and c.peer_port == port and not c.failure),
+            "server": sum(1 for c in closed if c.role == "server" and c.local_port == port and not c.failure)}
+    assert peer == {"client": 37, "server": 37}
+    assert ours == peer

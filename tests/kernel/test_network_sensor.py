@@ -177,3 +177,31 @@ def test_timed_out_connection_is_reported(sensor, test_host):
     rec = [r for r in records.logs if r.attributes.get("network.peer.address") == test_host.peer_addr][0]
     assert rec.attributes["error.type"] == "timed_out"
     assert rec.attributes["network.peer.port"] == 9
+
+
+def test_connections_older_than_the_agent_are_adopted():
+    server, port = start_server("127.0.0.1", 1)
+    c = socket.create_connection(("127.0.0.1", port))
+    c.sendall((77).to_bytes(8, "big") + b"a" * 1000)  # before the agent runs
+    records, registry = Records(), Registry()
+    with running(NetworkSensor(records, registry, host_resource(), sample_interval=0.2)) as s:
+        assert (2, port) in s.listeners and s.listeners[(2, port)][0] == server.pid
+        c.sendall(b"b" * 5000)
+        c.shutdown(socket.SHUT_WR)
+        got = b""
+        while data := c.recv(4096):
+            got += data
+        local_port = c.getsockname()[1]
+        c.close()
+        server.wait(30)
+        assert wait_for(lambda: closed_by(s, "server", local_port=port))
+    client = closed_by(s, "client", local_port=local_port, peer_port=port)
+    assert len(client) == 1 and client[0].adopted and client[0].pid == os.getpid()
+    assert (client[0].bytes_sent, client[0].bytes_received) == (8 + 1000 + 5000, 77)  # the whole connection
+    server_side = closed_by(s, "server", local_port=port, peer_port=local_port)[0]
+    assert server_side.adopted and server_side.pid == server.pid
+    # Exported counters hold only what moved while the agent watched (no double count at start).
+    sent = sum(p.value for p in registry.counter("otelbpf.network.io").points()
+               if p.attributes.get("server.port") == port and p.attributes["otelbpf.network.role"] == "client"
+               and p.attributes["network.io.direction"] == "transmit")
+    assert sent == 5000

@@ -270,9 +270,8 @@ int BPF_PROG(on_tcp_state, const struct sock *sk, const int old_state, const int
 			lk.family = BPF_CORE_READ(sk, __sk_common.skc_family);
 			lk.port = BPF_CORE_READ(sk, __sk_common.skc_num);
 			o = bpf_map_lookup_elem(&listeners, &lk);
-			if (!o)
-				return 0;
-			owner = *o;
+			if (o)
+				owner = *o; /* else a listener older than us: user space names its process */
 			owner.start_ns = bpf_ktime_get_ns();
 			owner.role = ROLE_SERVER;
 			if (bpf_map_update_elem(&conns, &key, &owner, BPF_ANY))
@@ -336,18 +335,22 @@ SEC("iter/tcp")
 int sample_tcp(struct bpf_iter__tcp *ctx)
 {
 	struct sock_common *skc = ctx->sk_common;
+	const struct sock *sk = (const struct sock *)skc;
 	struct conn_sample s = {};
-	__u64 key;
+	__u8 state;
 
 	if (!skc)
 		return 0;
-	key = (__u64)skc;
-	if (!bpf_map_lookup_elem(&conns, &key))
+	state = skc->skc_state;
+	if (state != TCP_ESTABLISHED && state != TCP_LISTEN)
 		return 0;
-	if (skc->skc_state != TCP_ESTABLISHED)
-		return 0;
-	s.sock = key;
-	read_counters((const struct sock *)skc, &s.counters);
+	s.sock = (__u64)skc;
+	s.state = state;
+	s.tracked = bpf_map_lookup_elem(&conns, &s.sock) != NULL;
+	s.inode = BPF_CORE_READ(sk, sk_socket, file, f_inode, i_ino);
+	read_endpoints(sk, &s.flow);
+	if (state == TCP_ESTABLISHED)
+		read_counters(sk, &s.counters);
 	bpf_seq_write(ctx->meta->seq, &s, sizeof(s));
 	return 0;
 }

@@ -24,6 +24,8 @@ import numpy as np
 
 from otelbpf.enrich.containers import find_cgroup2_root
 from otelbpf.kernel import BpfObject, Program
+from otelbpf.kernel.errors import BpfError
+from otelbpf.kernel.objects import BPF_NOEXIST
 from otelbpf.kernel.ringbuf import RecordBatch, RingBufferReader
 from otelbpf.protocols import dns
 from otelbpf.sensors import network_events as ne
@@ -61,6 +63,7 @@ class Connection:
     retransmits: int = 0
     srtt_us: int = 0
     failure: str | None = None
+    adopted: bool = False     # open before the agent started: counts start from adoption
     reported: tuple[int, int, int, int] = (0, 0, 0, 0)  # counters already turned into metrics
 
     @property
@@ -159,6 +162,7 @@ class NetworkSensor:
         obj = BpfObject(self._bpf_object)
         try:
             for struct, dtype in (("conn_event", ne.CONN_EVENT), ("conn_sample", ne.CONN_SAMPLE),
+                                  ("conn_owner", ne.CONN_OWNER), ("listener_key", ne.LISTENER_KEY),
                                   ("flow_key", ne.FLOW_KEY), ("flow_value", ne.FLOW_VALUE),
                                   ("dns_event", ne.DNS_EVENT)):
                 obj.check_layout(struct, dtype)
@@ -176,6 +180,7 @@ class NetworkSensor:
             obj.close()
             raise
         self._obj = obj
+        self.sample()  # adopt the listeners and connections that predate us
         self._next_sample = time.monotonic() + self._sample_interval
 
     def programs(self) -> list[Program]:
@@ -231,7 +236,10 @@ class NetworkSensor:
         raw = self._iter_link.read_iter()
         samples = np.frombuffer(raw, dtype=ne.CONN_SAMPLE) if raw else np.zeros(0, ne.CONN_SAMPLE)
         with self._lock:
-            for s in samples:
+            untracked = samples[samples["tracked"] == 0]
+            if len(untracked):
+                self._adopt(untracked)
+            for s in samples[(samples["tracked"] == 1) & (samples["state"] == ne.TCP_ESTABLISHED)]:
                 conn = self._open.get(int(s["sock"]))
                 if conn is not None:
                     self._update_counters(conn, s["counters"])
@@ -274,6 +282,51 @@ class NetworkSensor:
             if total > seen:
                 self._drops.add(total - seen, {"sensor": self.name, "reason": kind})
 
+    # -- sockets that predate the agent --------------------------------------------------
+    def _adopt(self, samples: np.ndarray) -> None:
+        """Listening sockets and connections we did not see open: find their process through
+        the socket inode, and enter them in the kernel's tables so their close is reported."""
+        owners = socket_owners({int(i) for i in samples["inode"] if i})
+        conns_map, listeners_map = self._obj.maps["conns"], self._obj.maps["listeners"]
+        now = time.monotonic_ns()
+        for s in samples[samples["state"] == ne.TCP_LISTEN]:  # listeners first: they give roles
+            flow = s["flow"]
+            pid = owners.get(int(s["inode"]), 0)
+            key = (int(flow["family"]), int(flow["local_port"]))
+            if key in self.listeners or not pid:
+                continue
+            self.listeners[key] = (pid, self._process_name(pid, b""))
+            listeners_map.update(np.array([key], dtype=ne.LISTENER_KEY).tobytes(),
+                                 self._owner(pid, ne.ROLE_SERVER, now))
+            self._obj.maps["listener_socks"].update(int(s["sock"]).to_bytes(8, "little"),
+                                                    np.array([key], dtype=ne.LISTENER_KEY).tobytes())
+        for s in samples[samples["state"] == ne.TCP_ESTABLISHED]:
+            flow = s["flow"]
+            family, local_port = int(flow["family"]), int(flow["local_port"])
+            listener = self.listeners.get((family, local_port))
+            pid = owners.get(int(s["inode"])) or (listener[0] if listener else 0)
+            role = ne.ROLE_SERVER if listener else ne.ROLE_CLIENT
+            sock = int(s["sock"])
+            try:
+                conns_map.update(sock.to_bytes(8, "little"), self._owner(pid, role, now), flags=BPF_NOEXIST)
+            except BpfError:
+                continue  # it just became tracked, or the table is full (counted by the kernel)
+            conn = Connection(
+                sock=sock, pid=pid, process=self._process_name(pid, b""),
+                role="server" if role == ne.ROLE_SERVER else "client", network_type=ne.network_type(family),
+                local_address=ne.address(family, bytes(flow["local_addr"])), local_port=local_port,
+                peer_address=ne.address(family, bytes(flow["peer_addr"])), peer_port=int(flow["peer_port"]),
+                start_ns=now, adopted=True)
+            self._update_counters(conn, s["counters"])
+            conn.reported = (conn.bytes_sent, conn.bytes_received, conn.segments_out, conn.segments_in)
+            self._open[sock] = conn
+
+    def _owner(self, pid: int, role: int, start_ns: int) -> bytes:
+        owner = np.zeros(1, dtype=ne.CONN_OWNER)
+        owner["start_ns"], owner["pid"], owner["role"] = start_ns, pid, role
+        owner["comm"] = self._process_name(pid, b"").encode()[:15]
+        return owner.tobytes()
+
     # -- connections ----------------------------------------------------------------------
     def _handle_conn_events(self, events: np.ndarray, records: list[LogRecord]) -> None:
         for e in events:
@@ -301,7 +354,8 @@ class NetworkSensor:
                 self._update_counters(conn, e["counters"])
                 self._report_io(conn)
                 attrs = {"process.executable.name": conn.process, "otelbpf.network.role": conn.role}
-                self._duration.record((conn.end_ns - conn.start_ns) / 1e9, attrs)
+                if not conn.adopted:  # its start is unknown
+                    self._duration.record((conn.end_ns - conn.start_ns) / 1e9, attrs)
                 if conn.srtt_us:
                     self._rtt.record(conn.srtt_us / 1e6, attrs)
                 self.closed.append(conn)
@@ -319,6 +373,8 @@ class NetworkSensor:
         flow = e["flow"]
         family = int(flow["family"])
         pid = int(e["pid"])
+        if not pid and int(e["role"]) == ne.ROLE_SERVER:  # accepted by a listener older than us
+            pid = self.listeners.get((family, int(flow["local_port"])), (0, ""))[0]
         return Connection(
             sock=int(e["sock"]), pid=pid, process=self._process_name(pid, e["comm"]),
             role="server" if int(e["role"]) == ne.ROLE_SERVER else "client", network_type=ne.network_type(family),
@@ -478,3 +534,30 @@ class NetworkSensor:
         """Open connections and service-map edges, for live views."""
         with self._lock:
             return list(self._open.values()), list(self.edges.values())
+
+
+def socket_owners(inodes: set[int], proc: str = "/proc") -> dict[int, int]:
+    """socket inode -> pid of a process holding it, from /proc/PID/fd (the first one found)."""
+    owners: dict[int, int] = {}
+    if not inodes:
+        return owners
+    for entry in os.scandir(proc):
+        if not entry.name.isdigit():
+            continue
+        try:
+            fds = os.scandir(f"{proc}/{entry.name}/fd")
+        except OSError:
+            continue  # gone, or not ours to read
+        with fds:
+            for fd in fds:
+                try:
+                    target = os.readlink(fd.path)
+                except OSError:
+                    continue
+                if target.startswith("socket:["):
+                    inode = int(target[8:-1])
+                    if inode in inodes and inode not in owners:
+                        owners[inode] = int(entry.name)
+        if len(owners) == len(inodes):
+            break
+    return owners

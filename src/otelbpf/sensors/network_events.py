@@ -33,7 +33,17 @@ CONN_EVENT = np.dtype([
     ("comm", "S16"),
 ])
 
-CONN_SAMPLE = np.dtype([("sock", "<u8"), ("counters", TCP_COUNTERS)])
+CONN_SAMPLE = np.dtype([
+    ("sock", "<u8"), ("inode", "<u8"), ("counters", TCP_COUNTERS), ("flow", FLOW_ENDPOINTS),
+    ("state", "u1"), ("tracked", "u1"), ("_pad", "<u2"), ("_pad2", "<u4"),
+])
+TCP_ESTABLISHED, TCP_LISTEN = 1, 10
+
+# The kernel's record of who owns a connection or a listening port (network.bpf.c).
+CONN_OWNER = np.dtype([
+    ("start_ns", "<u8"), ("cgroup_id", "<u8"), ("pid", "<u4"), ("role", "u1"), ("_pad", "V3"), ("comm", "S16"),
+])
+LISTENER_KEY = np.dtype([("family", "<u2"), ("port", "<u2")])
 
 FLOW_KEY = np.dtype([("flow", FLOW_ENDPOINTS), ("pid", "<u4"), ("_pad", "<u4")])
 
