@@ -425,11 +425,12 @@ static __always_inline void capture_dns_message(struct __sk_buff *skb, const str
 static __always_inline void on_packet(struct __sk_buff *skb, int egress)
 {
 	struct flow_key fk = {};
-	__u64 cookie = bpf_get_socket_cookie(skb);
 	__u32 off, *known;
+	__u64 cookie;
 
 	if (load_udp(skb, &fk.flow, &off, egress))
-		return;
+		return; /* TCP and the rest: counted from the socket, not per packet */
+	cookie = bpf_get_socket_cookie(skb);
 	if (egress) {
 		/* Sending runs in the sender's context: learn who owns this socket. */
 		fk.pid = bpf_get_current_pid_tgid() >> 32;

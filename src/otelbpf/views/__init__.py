@@ -1,0 +1,1 @@
+"""Terminal views of what sensors see live (rich tables)."""
