@@ -124,9 +124,9 @@ def test_23_connections_with_known_bytes_over_loopback(sensor):
 
 def test_connections_across_a_veth_pair(sensor, test_host):
     s, _, _ = sensor
-    server, port = start_server(test_host.peer_addr, 7, netns=test_host)
+    server, port = start_server(test_host.peer_addr, 23, netns=test_host)
     truth = {}
-    for i in range(7):
+    for i in range(23):
         local_port, got = exchange(test_host.peer_addr, port, 31 * 1024 * i + 17, 101 * i)
         truth[local_port] = (8 + 31 * 1024 * i + 17, got)
     server.wait(30)
@@ -205,3 +205,59 @@ def test_connections_older_than_the_agent_are_adopted():
                if p.attributes.get("server.port") == port and p.attributes["otelbpf.network.role"] == "client"
                and p.attributes["network.io.direction"] == "transmit")
     assert sent == 5000
+
+
+def test_reset_connection_is_a_failure_with_its_bytes(sensor):
+    s, records, _ = sensor
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(1)
+    c = socket.create_connection(srv.getsockname())
+    a, _ = srv.accept()
+    c.sendall(b"z" * 333)
+    a.recv(333)
+    a.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, (1).to_bytes(4, "little") + (0).to_bytes(4, "little"))
+    a.close()  # linger 0: the server resets the connection
+    with pytest.raises(ConnectionResetError):
+        c.recv(10)
+    local_port = c.getsockname()[1]
+    c.close()
+    srv.close()
+    assert wait_for(lambda: [r for r in records.logs if r.attributes.get("network.local.port") == local_port])
+    rec = [r for r in records.logs if r.attributes.get("network.local.port") == local_port][0]
+    assert rec.event_name == "network.connection.failed"
+    assert rec.attributes["error.type"] == "connection_reset"
+    assert rec.attributes["otelbpf.network.bytes_sent"] == 333
+
+
+def test_udp_flows_count_payload_bytes_and_packets_per_process(sensor):
+    s, _, registry = sensor
+    receiver = subprocess.Popen([sys.executable, "-c", (
+        "import socket, sys\n"
+        "r = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); r.bind(('127.0.0.1', 0))\n"
+        "print(r.getsockname()[1], flush=True)\n"
+        "for _ in range(31): r.recv(65536)\n"
+        "sys.stdin.read()\n")], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    port = int(receiver.stdout.readline())
+    sizes = [17 * i for i in range(31)]  # an empty datagram among them
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as tx:
+        for size in sizes:
+            tx.sendto(b"u" * size, ("127.0.0.1", port))
+        tx_port = tx.getsockname()[1]
+    s.sample()  # while the receiver still runs, so its name can be read
+    receiver.stdin.close()
+    receiver.wait(10)
+    me = os.path.basename(os.readlink("/proc/self/exe"))
+    receiver_name = me  # the same interpreter
+
+    def counter(name, process, direction, peer_port):
+        return sum(p.value for p in registry.counter(name).points()
+                   if p.attributes["network.transport"] == "udp" and p.attributes["process.executable.name"] == process
+                   and p.attributes["network.io.direction"] == direction and p.attributes["network.peer.port"] == peer_port)
+
+    assert counter("otelbpf.network.io", me, "transmit", port) == sum(sizes)
+    assert counter("otelbpf.network.packets", me, "transmit", port) == 31
+    rx = [p for p in registry.counter("otelbpf.network.io").points()
+          if p.attributes["network.transport"] == "udp" and p.attributes["network.io.direction"] == "receive"
+          and p.attributes["process.executable.name"] == receiver_name and p.attributes["network.peer.port"] == tx_port]
+    assert sum(p.value for p in rx) == sum(sizes)  # named through the socket's creator: it never sent

@@ -292,7 +292,11 @@ int BPF_PROG(on_tcp_state, const struct sock *sk, const int old_state, const int
 	return 0;
 }
 
-static __always_inline void add_to_flow(struct flow_key *k, __u64 tx_bytes, __u64 rx_bytes, __u64 retrans)
+enum { FLOW_TX = 1, FLOW_RX = 2, FLOW_RETRANS = 4 };
+
+/* One packet (or retransmit) of a flow; the direction is said, not inferred from the byte
+ * count, so that empty datagrams count as packets too. */
+static __always_inline void add_to_flow(struct flow_key *k, __u32 direction, __u64 bytes)
 {
 	struct flow_value *v = bpf_map_lookup_elem(&flows, k);
 	struct flow_value init = {};
@@ -306,16 +310,15 @@ static __always_inline void add_to_flow(struct flow_key *k, __u64 tx_bytes, __u6
 		if (!v)
 			return;
 	}
-	if (tx_bytes) {
-		__sync_fetch_and_add(&v->tx_bytes, tx_bytes);
+	if (direction == FLOW_TX) {
+		__sync_fetch_and_add(&v->tx_bytes, bytes);
 		__sync_fetch_and_add(&v->tx_packets, 1);
-	}
-	if (rx_bytes) {
-		__sync_fetch_and_add(&v->rx_bytes, rx_bytes);
+	} else if (direction == FLOW_RX) {
+		__sync_fetch_and_add(&v->rx_bytes, bytes);
 		__sync_fetch_and_add(&v->rx_packets, 1);
+	} else {
+		__sync_fetch_and_add(&v->retransmits, 1);
 	}
-	if (retrans)
-		__sync_fetch_and_add(&v->retransmits, retrans);
 }
 
 SEC("tp_btf/tcp_retransmit_skb")
@@ -327,7 +330,7 @@ int BPF_PROG(on_tcp_retransmit, const struct sock *sk, const struct sk_buff *skb
 
 	read_endpoints(sk, &fk.flow);
 	fk.pid = o ? o->pid : 0;
-	add_to_flow(&fk, 0, 0, 1);
+	add_to_flow(&fk, FLOW_RETRANS, 0);
 	return 0;
 }
 
@@ -440,9 +443,25 @@ static __always_inline void on_packet(struct __sk_buff *skb, int egress)
 		known = bpf_map_lookup_elem(&cookie_pids, &cookie);
 		fk.pid = known ? *known : 0;
 	}
-	add_to_flow(&fk, egress ? skb->len : 0, egress ? 0 : skb->len, 0);
+	/* Payload bytes, as for TCP: what the application sent or received. */
+	add_to_flow(&fk, egress ? FLOW_TX : FLOW_RX, skb->len - off);
 	if (capture_dns && (fk.flow.peer_port == 53 || fk.flow.local_port == 53))
 		capture_dns_message(skb, &fk.flow, off, fk.pid, cookie, egress);
+}
+
+/* A UDP socket's creator, in its own context: names receive-only sockets too. */
+SEC("cgroup/sock_create")
+int on_sock_create(struct bpf_sock *sk)
+{
+	__u64 cookie;
+	__u32 pid;
+
+	if (sk->protocol != IPPROTO_UDP)
+		return 1;
+	cookie = bpf_get_socket_cookie(sk);
+	pid = bpf_get_current_pid_tgid() >> 32;
+	bpf_map_update_elem(&cookie_pids, &cookie, &pid, BPF_ANY);
+	return 1; /* observe only: never refuse a socket */
 }
 
 SEC("cgroup_skb/egress")

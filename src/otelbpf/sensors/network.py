@@ -174,6 +174,7 @@ class NetworkSensor:
             obj.programs["on_tcp_state"].attach()
             obj.programs["on_tcp_retransmit"].attach()
             self._iter_link = obj.programs["sample_tcp"].attach_iter()
+            obj.programs["on_sock_create"].attach_cgroup(cgroup_root)
             obj.programs["on_egress"].attach_cgroup(cgroup_root)
             obj.programs["on_ingress"].attach_cgroup(cgroup_root)
         except BaseException:
@@ -352,6 +353,10 @@ class NetworkSensor:
                 conn = self._open.pop(sock, None) or self._new_connection(e)
                 conn.end_ns = int(e["ktime_ns"])
                 self._update_counters(conn, e["counters"])
+                if ne.failure_reason(int(e["sk_err"])) == "connection_reset":
+                    conn.failure = "connection_reset"  # established, then reset: bytes and all
+                    self._failed.add(1, {**self._conn_attrs(conn), "error.type": conn.failure})
+                    records.append(self._conn_record(conn, "network.connection.failed", Severity.WARN))
                 self._report_io(conn)
                 attrs = {"process.executable.name": conn.process, "otelbpf.network.role": conn.role}
                 if not conn.adopted:  # its start is unknown
@@ -437,7 +442,7 @@ class NetworkSensor:
         }
         if conn.failure:
             attrs["error.type"] = conn.failure
-        else:
+        if conn.bytes_sent or conn.bytes_received or not conn.failure:
             attrs.update({"otelbpf.network.bytes_sent": conn.bytes_sent,
                           "otelbpf.network.bytes_received": conn.bytes_received,
                           "otelbpf.network.tcp.retransmits": conn.retransmits,
