@@ -190,11 +190,9 @@ class NetworkSensor:
     def poll(self, timeout: float) -> int:
         if self._obj is None:
             return 0
-        n = 0
-        if self._conn_reader.wait(min(timeout, max(self._next_sample - time.monotonic(), 0.0))):
-            n += self._drain_rings()
-        else:
-            n += self._drain_rings()  # DNS has its own ring; take it on every turn
+        # Woken by connection events; DNS has its own ring, taken on every turn either way.
+        self._conn_reader.wait(min(timeout, max(self._next_sample - time.monotonic(), 0.0)))
+        n = self._drain_rings()
         if time.monotonic() >= self._next_sample:
             self.sample()
             self._next_sample = time.monotonic() + self._sample_interval
