@@ -1,6 +1,6 @@
 """Run every benchmark and keep their output in bench/RESULTS.md.
 
-Usage: .venv/bin/python bench/run_all.py [name ...]   (names: ringbuf, execstorm, pstorm, export)
+Usage: .venv/bin/python bench/run_all.py [name ...]   (names: ringbuf, execstorm, pstorm, export, store)
 With names, only those run and their sections replace the old ones in RESULTS.md.
 """
 
@@ -18,7 +18,9 @@ from common import machine  # noqa: E402
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "RESULTS.md"
 BENCHES = {"ringbuf": "bench_ringbuf.py", "execstorm": "bench_execstorm.py", "pstorm": "bench_parallel_storm.py",
-           "export": "bench_export.py"}
+           "network": "bench_network.py",
+           "export": "bench_export.py", "store": "bench_store.py",
+           "profile": "bench_profile.py"}
 MARK = "<!-- bench: {} -->"
 
 

@@ -14,10 +14,12 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from otelbpf.config import AgentConfig, parse_host_port
+from otelbpf.config import AgentConfig, parse_host_port, parse_ui_address
 from otelbpf.enrich.host import host_resource
 from otelbpf.export.base import Sink
 from otelbpf.export.console import ConsoleSink, JsonLinesSink
@@ -31,6 +33,10 @@ from otelbpf.sensors.base import Sensor
 from otelbpf.sensors.process import ProcessSensor
 from otelbpf.signals.model import Resource
 from otelbpf.signals.registry import Registry
+
+if TYPE_CHECKING:  # imported when used: duckdb is needed only without a collector
+    from otelbpf.store.writer import StoreWriter
+    from otelbpf.ui import UiServer
 
 log = logging.getLogger("otelbpf")
 
@@ -71,6 +77,8 @@ class Agent:
         self.receiver: OtlpReceiver | None = None
         self.prometheus: PrometheusEndpoint | None = None
         self.sink: Sink | None = None
+        self.store_writer: StoreWriter | None = None  # the embedded default's local store
+        self.ui: UiServer | None = None
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
 
@@ -107,7 +115,9 @@ class Agent:
         else:
             # The embedded default: our own OTLP receiver on loopback, fed by the same
             # exporter a collector would get, plus a live console and a JSON-lines file.
-            self.receiver = self._start_receiver()
+            self.store_writer = self._open_store()
+            self.receiver = self._start_receiver(self.store_writer.handle if self.store_writer else None)
+            self.ui = self._start_ui()
             settings = OtlpSettings.from_env({}, {"endpoint": self.receiver.http_endpoint,
                                                   "protocol": "http/protobuf"})
             sinks.append(OtlpExporter(settings, self.registry, name="embedded"))
@@ -122,12 +132,39 @@ class Agent:
             self.prometheus = PrometheusEndpoint(self.registry, host or "0.0.0.0", port).start()
         return FanoutSink(sinks) if len(sinks) > 1 else sinks[0]
 
-    def _start_receiver(self) -> OtlpReceiver:
+    def _start_receiver(self, handler: Callable | None = None) -> OtlpReceiver:
         try:
-            return OtlpReceiver("127.0.0.1", EMBEDDED_GRPC_PORT, EMBEDDED_HTTP_PORT).start()
+            return OtlpReceiver("127.0.0.1", EMBEDDED_GRPC_PORT, EMBEDDED_HTTP_PORT, handler=handler).start()
         except OSError as e:
             progress(f"OTLP ports {EMBEDDED_GRPC_PORT}/{EMBEDDED_HTTP_PORT} busy ({e}); using free ports")
-            return OtlpReceiver("127.0.0.1", 0, 0).start()
+            return OtlpReceiver("127.0.0.1", 0, 0, handler=handler).start()
+
+    def _open_store(self) -> StoreWriter | None:
+        """The local store the receiver writes into; None (said on stderr) when another process holds it."""
+        from otelbpf.store import Store, StoreError
+        from otelbpf.store.writer import StoreWriter
+
+        cfg = self.config.store
+        try:
+            store = Store.open(cfg.path)
+        except StoreError as e:
+            progress(f"running without the local store: {e} (set store.path or --store PATH)")
+            return None
+        return StoreWriter(store, self.registry, flush_interval=cfg.flush_interval,
+                           retention_age_s=cfg.retention_age, retention_bytes=cfg.retention_bytes).start()
+
+    def _start_ui(self) -> UiServer | None:
+        if self.store_writer is None:
+            return None
+        from otelbpf.ui import UiServer
+
+        host, port = parse_ui_address(self.config.ui)
+        store = self.store_writer.store
+        try:
+            return UiServer(store, host, port, store_path=store.path).start()
+        except OSError as e:
+            progress(f"{e}; serving the UI on a free port")
+            return UiServer(store, host, 0, store_path=store.path).start()
 
     def _describe_sinks(self) -> str:
         parts = []
@@ -136,6 +173,10 @@ class Agent:
         if self.receiver:
             parts.append(f"embedded OTLP receiver on {self.receiver.grpc_endpoint} (gRPC) and "
                          f"{self.receiver.http_endpoint} (HTTP)")
+        if self.store_writer:
+            parts.append(f"store {self.store_writer.store.path}")
+        if self.ui:
+            parts.append(f"UI at {self.ui.url}")
         if getattr(self, "_jsonl", None):
             parts.append(f"events to {self._jsonl}")
         if self.prometheus:
@@ -149,6 +190,17 @@ class Agent:
                                  max_args_bytes=cfg.process.max_args_bytes,
                                  keep_secret_args=cfg.process.keep_secret_args,
                                  table_size=cfg.process.table_size, ringbuf_bytes=cfg.ringbuf_bytes)
+        if name == "profile":
+            from otelbpf.profiling.files import PprofDirectory
+            from otelbpf.sensors.profile import ProfileSensor
+            emit = PprofDirectory(cfg.profile.output_dir) if cfg.profile.output_dir else (lambda profile: None)
+            return ProfileSensor(emit, self.registry, hz=cfg.profile.hz, interval=cfg.profile.interval,
+                                 max_stacks=cfg.profile.max_stacks)
+        if name == "network":
+            from otelbpf.sensors.network import NetworkSensor
+            return NetworkSensor(self.sink.export_logs, self.registry, self.resource,
+                                 sample_interval=cfg.network.sample_interval, capture_dns=cfg.network.capture_dns,
+                                 connection_logs=cfg.network.connection_logs, ringbuf_bytes=cfg.ringbuf_bytes)
         raise AgentError(f"unknown sensor {name!r}")
 
     def _register_bpf_stats(self) -> None:
@@ -218,3 +270,9 @@ class Agent:
         if self.receiver is not None:
             self.receiver.stop()
             self.receiver = None
+        if self.ui is not None:
+            self.ui.stop()
+            self.ui = None
+        if self.store_writer is not None:
+            self.store_writer.close(timeout)  # after the receiver: it wrote the last batches
+            self.store_writer = None

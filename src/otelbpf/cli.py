@@ -1,4 +1,4 @@
-"""The `otelbpf` command: run, doctor, version."""
+"""The `otelbpf` command: run, doctor, version; query, top, events, ui over the local store."""
 
 from __future__ import annotations
 
@@ -6,8 +6,12 @@ import argparse
 import logging
 import os
 import sys
+from typing import TYPE_CHECKING
 
 from otelbpf import __version__
+
+if TYPE_CHECKING:
+    from otelbpf.profiling.model import Profile
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_CANNOT_RUN = 0, 1, 2, 3
 
@@ -31,11 +35,36 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--max-args-bytes", type=int, metavar="N", help="bytes of argv captured per exec")
     run.add_argument("--keep-secret-args", action="store_true", default=None,
                      help="do not redact arguments that look like secrets")
+    run.add_argument("--store", metavar="PATH", help="local store file (default otelbpf.duckdb; used without a collector)")
+    run.add_argument("--ui", metavar="HOST:PORT", help="local web UI address (default 127.0.0.1:4380, loopback only)")
     run.add_argument("--verbose", "-v", action="store_true", help="log the agent's own debug messages")
+
+    _add_profile_parser(sub)
+    _add_flows_parser(sub)
 
     sub.add_parser("doctor", help="show what this host supports; non-zero exit if the agent cannot run")
     sub.add_parser("version", help="print the version")
+    _store_parsers(sub)
     return p
+
+
+def _store_parsers(sub) -> None:
+    """Commands that read the local store (or ask the running agent that holds it)."""
+    def with_store(name: str, help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("--store", metavar="PATH", help="store file (default: $OTELBPF_STORE__PATH or otelbpf.duckdb)")
+        return p
+
+    query = with_store("query", "run SQL over the local store (read-only while the agent runs)")
+    query.add_argument("sql", help='e.g. "SELECT * FROM process_events LIMIT 10"')
+    query.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    for name, help_text in (("top", "executables by execs, exits and failures"),
+                            ("events", "the latest process events")):
+        view = with_store(name, help_text)
+        view.add_argument("--window", type=float, metavar="SECONDS", help="only this many seconds back (default: all)")
+        view.add_argument("--limit", type=int, default=20 if name == "top" else 50, metavar="N")
+    ui = with_store("ui", "serve the web UI over a store file (the running agent serves its own)")
+    ui.add_argument("--address", default="127.0.0.1:0", metavar="HOST:PORT", help="loopback address (port 0: any free)")
 
 
 def _flags(args: argparse.Namespace) -> dict:
@@ -49,6 +78,8 @@ def _flags(args: argparse.Namespace) -> dict:
         "console": args.console,
         "process.max_args_bytes": args.max_args_bytes,
         "process.keep_secret_args": args.keep_secret_args,
+        "store.path": args.store,
+        "ui": args.ui,
     }
 
 
@@ -79,6 +110,123 @@ def cmd_run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _add_flows_parser(sub) -> None:
+    flows = sub.add_parser("flows", help="live network view: top talkers, failed connections, DNS lookups")
+    flows.add_argument("--duration", type=float, metavar="SECONDS", help="stop after this many seconds")
+    flows.add_argument("--interval", type=float, default=1.0, metavar="SECONDS", help="refresh interval (1)")
+    flows.add_argument("--top", type=int, default=20, help="rows of top talkers (20)")
+    flows.add_argument("--once", action="store_true", help="watch for --duration (or one interval), print once")
+
+
+def cmd_flows(args: argparse.Namespace) -> int:
+    from otelbpf.kernel.errors import BpfError
+    from otelbpf.views import flows
+
+    if os.geteuid() != 0:
+        print("otelbpf flows loads BPF programs and must run as root", file=sys.stderr)
+        return EXIT_CANNOT_RUN
+    try:
+        flows.run(args.duration, args.interval, args.top, args.once)
+    except BpfError as e:
+        print(f"otelbpf: {e}", file=sys.stderr)
+        return EXIT_CANNOT_RUN
+    except KeyboardInterrupt:
+        pass
+    return EXIT_OK
+
+
+def _add_profile_parser(sub) -> None:
+    prof = sub.add_parser("profile", help="sample CPU stacks of every process (or one) and write a profile")
+    prof.add_argument("--pid", type=int, help="only this process (default: every process)")
+    prof.add_argument("--duration", type=float, default=10.0, metavar="SECONDS", help="how long to sample (10)")
+    prof.add_argument("--hz", type=int, default=99, help="samples per second per CPU, 1..1000 (99)")
+    prof.add_argument("--out", action="append", default=[], metavar="FILE",
+                      help="output, by extension: .html (interactive flame graph), .svg, .pb.gz (pprof), "
+                           ".folded; repeat for several")
+    prof.add_argument("--baseline", metavar="FILE.folded",
+                      help="folded stacks of an earlier run: flame graphs then show the difference")
+    prof.add_argument("--otlp-endpoint", metavar="URL",
+                      help="also send the profile as the OTLP profiles signal (Alpha) over HTTP to URL, "
+                           "e.g. http://collector:4318")
+
+
+def cmd_profile(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+    import time
+
+    from otelbpf.kernel.errors import BpfError
+    from otelbpf.profiling import folded, output
+    from otelbpf.profiling.profiler import Profiler
+    from otelbpf.signals.registry import Registry
+
+    if not args.out and not args.otlp_endpoint:
+        print("otelbpf profile: say where the profile goes: --out FILE and/or --otlp-endpoint URL", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        for path in args.out:
+            output.format_of(path)
+        baseline = folded.parse(open(args.baseline).read()) if args.baseline else None
+    except (ValueError, OSError) as e:
+        print(f"otelbpf profile: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    if not 1 <= args.hz <= 1000 or args.duration <= 0:
+        print("otelbpf profile: --hz must be 1..1000 and --duration above 0", file=sys.stderr)
+        return EXIT_USAGE
+    if args.pid is not None and not os.path.exists(f"/proc/{args.pid}"):
+        print(f"otelbpf profile: no process {args.pid}", file=sys.stderr)
+        return EXIT_USAGE
+    if os.geteuid() != 0:
+        print("otelbpf profile: loads BPF programs and must run as root (try: sudo otelbpf profile ...)",
+              file=sys.stderr)
+        return EXIT_CANNOT_RUN
+    registry = Registry()
+    profiler = Profiler(registry, args.hz, pid=args.pid)
+    try:
+        profiler.start()
+    except BpfError as e:
+        print(f"otelbpf profile: {e}", file=sys.stderr)
+        return EXIT_CANNOT_RUN
+    stop = threading.Event()
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    print(f"otelbpf: profiling {f'process {args.pid}' if args.pid else 'every process'} at {args.hz} Hz "
+          f"for {args.duration:g} s (Ctrl-C ends early)", file=sys.stderr, flush=True)
+    deadline = time.monotonic() + args.duration
+    next_drain = time.monotonic() + 10  # bounded kernel maps: drain every 10 s
+    profile = None
+    try:
+        while not stop.is_set() and time.monotonic() < deadline:
+            profiler.poll(min(0.1, max(0.0, deadline - time.monotonic())))
+            if time.monotonic() >= next_drain:
+                profile = _merged(profile, profiler.collect())
+                next_drain += 10
+        profile = _merged(profile, profiler.collect())
+    finally:
+        profiler.stop()
+    for path in args.out:
+        output.write(profile, path, f"CPU flame graph, {args.hz} Hz, {args.duration:g} s", baseline)
+    if args.otlp_endpoint:
+        from otelbpf.enrich.host import host_resource
+        from otelbpf.profiling.otlp import OtlpProfilesExporter
+        try:
+            OtlpProfilesExporter(args.otlp_endpoint, host_resource()).export(profile)
+        except OSError as e:
+            print(f"otelbpf profile: {e}", file=sys.stderr)
+            return EXIT_FAILURE
+    lost = profiler.lost
+    print(f"otelbpf: {profile.total} samples of {len({s.pid for s in profile.counts})} processes"
+          f"{f', {lost} lost' if lost else ''}; wrote {', '.join(args.out) or 'nothing'}"
+          f"{f'; sent to {args.otlp_endpoint}' if args.otlp_endpoint else ''}", file=sys.stderr)
+    return EXIT_OK
+
+
+def _merged(profile: Profile | None, more: Profile) -> Profile:
+    if profile is None:
+        return more
+    profile.merge(more)
+    return profile
+
+
 def cmd_doctor(_: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
@@ -105,6 +253,120 @@ def cmd_doctor(_: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _store_path(args: argparse.Namespace) -> str:
+    from otelbpf.config import StoreConfig
+
+    return args.store or os.environ.get("OTELBPF_STORE__PATH") or StoreConfig().path
+
+
+def _print_result(result, fmt: str = "table", title: str | None = None) -> None:
+    if fmt == "json":
+        import json
+        print(json.dumps([dict(zip(result.columns, row)) for row in result.rows], default=str))
+    elif fmt == "csv":
+        import csv
+        writer = csv.writer(sys.stdout)
+        writer.writerow(result.columns)
+        writer.writerows(result.rows)
+    else:
+        from rich.console import Console
+        from rich.table import Table
+
+        view = Table(title=title)
+        for column in result.columns:
+            view.add_column(column, overflow="fold")
+        for row in result.rows:
+            view.add_row(*(_cell(v) for v in row))
+        Console().print(view)
+
+
+def _cell(value) -> str:
+    import datetime as dt
+
+    if value is None:
+        return ""
+    if isinstance(value, dt.datetime):
+        return value.strftime("%Y-%m-%d %H:%M:%S.%f")[:23]  # milliseconds are enough to read
+    return str(value)
+
+
+def _with_reader(args: argparse.Namespace, work) -> int:
+    """Opens the store (or the agent holding it), runs work(reader); errors are one line."""
+    from otelbpf.store import QueryError, StoreError
+    from otelbpf.store.client import open_reader
+
+    try:
+        reader = open_reader(_store_path(args))
+        try:
+            work(reader)
+        finally:
+            reader.close()
+    except QueryError as e:
+        print(f"otelbpf {args.command}: SQL error: {e}", file=sys.stderr)
+        return EXIT_FAILURE
+    except StoreError as e:
+        print(f"otelbpf {args.command}: {e}", file=sys.stderr)
+        return EXIT_FAILURE
+    return EXIT_OK
+
+
+def cmd_query(args: argparse.Namespace) -> int:
+    return _with_reader(args, lambda db: _print_result(db.query(args.sql), args.format))
+
+
+def cmd_top(args: argparse.Namespace) -> int:
+    from otelbpf.store import queries
+
+    return _with_reader(args, lambda db: _print_result(
+        queries.top_processes(db, args.window, args.limit), title="executables by execs"))
+
+
+def cmd_events(args: argparse.Namespace) -> int:
+    from otelbpf.store import queries
+
+    return _with_reader(args, lambda db: _print_result(
+        queries.process_events(db, args.window, args.limit), title="latest process events"))
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from otelbpf.config import parse_ui_address
+    from otelbpf.store import Store, StoreBusy, StoreError
+    from otelbpf.store.client import state_file
+    from otelbpf.ui import UiServer
+
+    path = _store_path(args)
+    try:
+        host, port = parse_ui_address(args.address)
+        store = Store.open(path, read_only=True)
+    except StoreBusy:
+        print(f"otelbpf ui: the running agent holds {path} and serves its UI: see the URL it printed "
+              f"(also in {state_file(path)})", file=sys.stderr)
+        return EXIT_FAILURE
+    except (StoreError, ValueError) as e:
+        print(f"otelbpf ui: {e}", file=sys.stderr)
+        return EXIT_USAGE if isinstance(e, ValueError) else EXIT_FAILURE
+    try:
+        ui = UiServer(store, host, port).start()
+    except (OSError, ValueError) as e:
+        print(f"otelbpf ui: {e}", file=sys.stderr)
+        store.close()
+        return EXIT_USAGE
+    print(f"otelbpf: UI for {path} at {ui.url} (Ctrl-C stops)", file=sys.stderr, flush=True)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+    ui.stop()
+    store.close()
+    return EXIT_OK
+
+
+STORE_COMMANDS = {"query": cmd_query, "top": cmd_top, "events": cmd_events, "ui": cmd_ui}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if getattr(args, "verbose", False) else logging.WARNING,
@@ -115,6 +377,12 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_OK
     if args.command == "doctor":
         return cmd_doctor(args)
+    if args.command == "profile":
+        return cmd_profile(args)
+    if args.command == "flows":
+        return cmd_flows(args)
+    if args.command in STORE_COMMANDS:
+        return STORE_COMMANDS[args.command](args)
     return cmd_run(args)
 
 

@@ -31,7 +31,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 # Add a sensor's name here when its sensor lands; the default is to run all of them.
-KNOWN_SENSORS: frozenset[str] = frozenset({"process"})
+KNOWN_SENSORS: frozenset[str] = frozenset({"process", "profile", "network"})
 
 ENV_PREFIX = "OTELBPF_"
 # Standard OpenTelemetry variables, read before the OTELBPF_ ones so those override them.
@@ -57,6 +57,28 @@ class ProcessSensorConfig(_Model):
     table_size: int = Field(32768, ge=64, le=4_194_304)
 
 
+class NetworkSensorConfig(_Model):
+    sample_interval: float = Field(10.0, gt=0, le=3600)  # seconds between counter reads of open connections
+    capture_dns: bool = True  # copy UDP port 53 payloads to parse DNS lookups
+    connection_logs: bool = False  # a log record per closed connection, not only metrics
+
+
+class StoreConfig(_Model):
+    """The embedded store, on when no collector is configured."""
+
+    path: str = "otelbpf.duckdb"
+    retention_age: float = Field(86400.0, gt=0)  # seconds rows are kept
+    retention_bytes: int = Field(1 << 30, ge=64 << 20)  # bytes in use before the oldest rows go
+    flush_interval: float = Field(1.0, gt=0, le=60)  # seconds; a crash loses at most this much
+
+
+class ProfileSensorConfig(_Model):
+    hz: int = Field(19, ge=1, le=1000)  # samples per second per CPU
+    interval: float = Field(10.0, ge=1, le=3600)  # seconds covered by each profile
+    max_stacks: int = Field(16384, ge=256, le=262144)  # distinct stacks kept in the kernel per interval
+    output_dir: str | None = None  # each profile as DIR/cpu-<time>.pb.gz (pprof); not written when None
+
+
 class AgentConfig(_Model):
     sensors: list[str] = Field(default_factory=lambda: sorted(KNOWN_SENSORS))
     duration: float | None = Field(None, gt=0)  # seconds; None runs until stopped
@@ -66,6 +88,10 @@ class AgentConfig(_Model):
     jsonl_path: str | None = None
     console: bool | None = None  # one line per event on stdout; None: on only without a collector
     process: ProcessSensorConfig = Field(default_factory=ProcessSensorConfig)
+    network: NetworkSensorConfig = Field(default_factory=NetworkSensorConfig)
+    profile: ProfileSensorConfig = Field(default_factory=ProfileSensorConfig)
+    store: StoreConfig = Field(default_factory=StoreConfig)
+    ui: str = "127.0.0.1:4380"  # the local web UI (with the store); loopback only
     # Shared by all sensors: size of each BPF ring buffer and how often it is drained.
     ringbuf_bytes: int = 4 * 1024 * 1024
     drain_interval: float = Field(0.2, gt=0, le=60)
@@ -106,6 +132,12 @@ class AgentConfig(_Model):
             parse_host_port(address)
         return address
 
+    @field_validator("ui")
+    @classmethod
+    def _ui_is_loopback(cls, address: str) -> str:
+        parse_ui_address(address)
+        return address
+
     @field_validator("ringbuf_bytes")
     @classmethod
     def _ringbuf_size(cls, size: int) -> int:
@@ -120,6 +152,17 @@ def parse_host_port(address: str) -> tuple[str, int]:
     if not sep or not port.isdigit() or not 0 < int(port) < 65536:
         raise ValueError("must be host:port with a port in 1..65535, e.g. 0.0.0.0:9464")
     return host.strip("[]"), int(port)
+
+
+def parse_ui_address(address: str) -> tuple[str, int]:
+    """Split a loopback "host:port" for the UI (port 0 picks a free one) or raise ValueError."""
+    host, sep, port = address.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not port.isdigit() or int(port) > 65535:
+        raise ValueError("must be host:port, e.g. 127.0.0.1:4380 (port 0 picks a free one)")
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        raise ValueError("the UI serves loopback only: use 127.0.0.1:PORT (tunnel with ssh -L to reach it remotely)")
+    return host, int(port)
 
 
 def load_config(path: str | None, env: Mapping[str, str], flags: dict[str, Any]) -> AgentConfig:

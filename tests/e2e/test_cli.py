@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -16,7 +17,7 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 from otelbpf.receiver.otlp import OtlpReceiver
 
 OTELBPF = [sys.executable, "-m", "otelbpf"]
-OUR_PROGRAMS = {"handle_exec", "handle_fork", "handle_exit"}
+OUR_PROGRAMS = {"handle_exec", "handle_fork", "handle_exit", "on_tcp_state", "sample_tcp", "on_egress", "on_ingress"}
 
 
 def value(v: AnyValue):
@@ -122,3 +123,15 @@ def test_doctor_reports_this_host():
     assert r.returncode == 0, r.stderr
     assert "tp_btf" in r.stdout and "ring buffer" in r.stdout
     assert "otelbpf can run here" in r.stdout
+
+
+def test_flows_shows_a_failed_connection():
+    agent = subprocess.Popen(OTELBPF + ["flows", "--once", "--duration", "3"], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, env=dict(os.environ, COLUMNS="200"))
+    time.sleep(2)  # loaded by now (the view prints after --duration)
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", 1), timeout=5)
+    out, err = agent.communicate(timeout=60)
+    assert agent.returncode == 0, err
+    assert "Top talkers" in out and "Recent failed connections" in out
+    assert "127.0.0.1:1" in out and "connection_refused" in out, out

@@ -85,7 +85,7 @@ def test_unknown_keys_are_errors(tmp_path):
 
 
 def test_unknown_sensor():
-    with pytest.raises(ConfigError, match=r"flag --sensors: sensors: unknown sensor teleport \(known: process\)"):
+    with pytest.raises(ConfigError, match=r"flag --sensors: sensors: unknown sensor teleport \(known: network, process, profile\)"):
         load_config(None, {}, {"sensors": ["process", "teleport"]})
     with pytest.raises(ConfigError, match="needs at least one sensor"):
         load_config(None, {}, {"sensors": []})

@@ -117,7 +117,8 @@ _SECRET_VALUE = st.text(alphabet=string.ascii_letters + string.digits + "!$%^*()
 def test_secret_value_never_survives(key, value, form):
     arg = form.format(k=key, v=value)
     out = redact_args(["app", arg])
-    assert value not in out[1].replace(REDACTED, "")
+    # What is left is the form with its keys: the value may only appear where it is part of a key.
+    assert out[1].replace(REDACTED, "") == form.format(k=key, v="").replace("{v}", "")
     assert REDACTED in out[1]
 
 

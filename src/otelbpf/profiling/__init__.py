@@ -1,0 +1,1 @@
+"""Continuous CPU profiling: kernel sampling, symbolization, the aggregated profile."""

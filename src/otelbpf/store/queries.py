@@ -1,0 +1,102 @@
+"""The ready-made queries behind the terminal views and the web UI.
+
+Each takes anything with `query(sql, params) -> Result` (a local Store or a client of a
+running agent) and a time window, and returns a Result.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Protocol
+
+from otelbpf.store.db import Result
+from otelbpf.store.schema import TABLES
+
+
+class Queryable(Protocol):
+    def query(self, sql: str, params: list | None = None, max_rows: int | None = None) -> Result: ...
+
+
+def since_ns(window_s: float | None) -> int:
+    """Start of the window ending now; 0 (everything) without a window."""
+    return time.time_ns() - int(window_s * 1e9) if window_s else 0
+
+
+def summary(db: Queryable) -> Result:
+    parts = " UNION ALL ".join(
+        f"SELECT '{t}' AS table_name, count(*) AS rows, make_timestamp(max(time_unix_nano) // 1000) AS newest "
+        f"FROM {t}" for t in TABLES)
+    return db.query(parts)
+
+
+def top_processes(db: Queryable, window_s: float | None = None, limit: int = 20) -> Result:
+    return db.query("""
+        SELECT executable_name AS executable,
+               count(*) FILTER (WHERE event_name = 'process.exec') AS execs,
+               count(*) FILTER (WHERE event_name = 'process.exit') AS exits,
+               count(*) FILTER (WHERE exit_code <> 0) AS failed,
+               round(avg(lifetime_s), 3) AS avg_lifetime_s,
+               max(time) AS last_seen
+        FROM process_events WHERE time_unix_nano >= ?
+        GROUP BY executable_name ORDER BY execs DESC, exits DESC, executable LIMIT ?""",
+                    [since_ns(window_s), limit])
+
+
+def process_events(db: Queryable, window_s: float | None = None, limit: int = 50) -> Result:
+    return db.query("""
+        SELECT time, event_name AS event, pid, parent_pid, executable_name AS executable,
+               array_to_string(command_args, ' ') AS args, exit_code, exit_signal
+        FROM process_events WHERE time_unix_nano >= ?
+        ORDER BY time_unix_nano DESC LIMIT ?""", [since_ns(window_s), limit])
+
+
+def process_lifecycles(db: Queryable, window_s: float | None = None, limit: int = 500) -> Result:
+    """One row per exec: when it started and, once it has, how it ended."""
+    return db.query("""
+        WITH ex AS (SELECT * FROM process_events WHERE event_name = 'process.exec' AND time_unix_nano >= ?),
+             xt AS (SELECT * FROM process_events WHERE event_name = 'process.exit' AND time_unix_nano >= ?)
+        SELECT coalesce(ex.exec_id, xt.exec_id) AS exec_id,
+               coalesce(ex.pid, xt.pid) AS pid,
+               coalesce(ex.parent_pid, xt.parent_pid) AS parent_pid,
+               coalesce(ex.executable_name, xt.executable_name) AS executable,
+               array_to_string(coalesce(ex.command_args, xt.command_args), ' ') AS args,
+               ex.time AS started, xt.time AS exited, xt.exit_code, xt.exit_signal, xt.lifetime_s
+        FROM ex FULL OUTER JOIN xt ON ex.exec_id = xt.exec_id
+        ORDER BY coalesce(ex.time_unix_nano, xt.time_unix_nano) DESC LIMIT ?""",
+                    [since_ns(window_s), since_ns(window_s), limit])
+
+
+def traces(db: Queryable, window_s: float | None = None, limit: int = 50, order: str = "slowest") -> Result:
+    order_by = "duration_ms DESC" if order == "slowest" else "start_ns DESC"
+    return db.query(f"""
+        SELECT trace_id,
+               coalesce(first(service) FILTER (WHERE parent_span_id = ''), arg_min(service, time_unix_nano)) AS service,
+               coalesce(first(name) FILTER (WHERE parent_span_id = ''), arg_min(name, time_unix_nano)) AS root,
+               make_timestamp(min(time_unix_nano) // 1000) AS start,
+               min(time_unix_nano) AS start_ns,
+               round((max(end_unix_nano) - min(time_unix_nano)) / 1e6, 3) AS duration_ms,
+               count(*) AS spans,
+               count(*) FILTER (WHERE status_code = 'error') AS errors
+        FROM spans WHERE time_unix_nano >= ?
+        GROUP BY trace_id ORDER BY {order_by} LIMIT ?""", [since_ns(window_s), limit])  # noqa: S608
+
+
+def trace_spans(db: Queryable, trace_id: str) -> Result:
+    return db.query("""
+        SELECT span_id, parent_span_id, service, name, kind, status_code, status_message,
+               round((time_unix_nano - min(time_unix_nano) OVER ()) / 1e6, 3) AS offset_ms,
+               round(duration_ns / 1e6, 3) AS duration_ms, http_method, http_route, http_status, attributes
+        FROM spans WHERE trace_id = ? ORDER BY time_unix_nano, span_id LIMIT 10000""", [trace_id.lower()])
+
+
+def red(db: Queryable, window_s: float | None = None, limit: int = 100) -> Result:
+    """Rate, errors, duration of server spans per service and route."""
+    return db.query("""
+        SELECT service, route, requests, errors,
+               round(q[1] / 1e6, 3) AS p50_ms, round(q[2] / 1e6, 3) AS p95_ms, round(q[3] / 1e6, 3) AS p99_ms
+        FROM (SELECT service, coalesce(http_route, name) AS route, count(*) AS requests,
+                     count(*) FILTER (WHERE status_code = 'error' OR http_status >= 500) AS errors,
+                     approx_quantile(duration_ns, [0.5, 0.95, 0.99]) AS q
+              FROM spans WHERE kind = 'server' AND time_unix_nano >= ?
+              GROUP BY ALL)
+        ORDER BY requests DESC, service, route LIMIT ?""", [since_ns(window_s), limit])

@@ -1,0 +1,117 @@
+"""Batched writes: requests are queued in memory and flushed as one transaction per interval.
+
+The OTLP receiver calls `handle` for every decoded request. The queue is bounded: when it
+is full the request is refused with a retryable error (HTTP 503 / gRPC UNAVAILABLE with a
+retry delay), so the sender keeps the data and retries instead of it being lost here.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from google.protobuf.message import Message
+
+from otelbpf.receiver.otlp import Refusal
+from otelbpf.signals.registry import Registry
+from otelbpf.store import retention
+from otelbpf.store.db import Columns, Store
+from otelbpf.store.otlp_rows import ROWS_BY_SIGNAL
+from otelbpf.store.schema import Table
+
+log = logging.getLogger(__name__)
+
+
+class StoreWriter:
+    def __init__(self, store: Store, registry: Registry | None = None, flush_interval: float = 1.0,
+                 max_pending_rows: int = 500_000, retention_age_s: float | None = None,
+                 retention_bytes: int | None = None, retention_interval: float = 60.0) -> None:
+        self.store = store
+        self.flush_interval = flush_interval
+        self.max_pending_rows = max_pending_rows
+        self.retention_age_s, self.retention_bytes = retention_age_s, retention_bytes
+        self.retention_interval = retention_interval
+        self._pending: list[tuple[Table, Columns]] = []
+        self._pending_rows = 0
+        self._mutex = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        registry = registry or Registry()
+        self._written = registry.counter("otelbpf.store.rows_written", "Rows committed to the local store", "{row}")
+        self._refused = registry.counter("otelbpf.store.rows_refused",
+                                         "Rows refused because the store's queue was full (the sender retries)",
+                                         "{row}")
+        self._failed = registry.counter("otelbpf.store.rows_failed", "Rows lost to a failed store write", "{row}")
+        registry.gauge("otelbpf.store.queue_rows", "Rows waiting for the next store flush", "{row}",
+                       lambda: [({}, self._pending_rows)])
+
+    # -- intake ---------------------------------------------------------------------------
+    def handle(self, signal: str, request: Message) -> None:
+        """OtlpReceiver handler: decode the request into rows and queue them."""
+        table, to_rows = ROWS_BY_SIGNAL[signal]
+        self.append(table, to_rows(request), signal=signal)
+
+    def append(self, table: Table, columns: Columns, signal: str = "") -> None:
+        rows = len(columns[table.column_names[0]])
+        if not rows:
+            return
+        with self._mutex:
+            if self._pending_rows + rows > self.max_pending_rows:
+                self._refused.add(rows, table=table.name)
+                raise Refusal(f"local store queue full ({self._pending_rows} rows); retry later",
+                              retry_after=max(self.flush_interval, 1.0))
+            self._pending.append((table, columns))
+            self._pending_rows += rows
+
+    # -- flushing -------------------------------------------------------------------------
+    def flush(self) -> int:
+        """Writes what is queued as one transaction; returns the rows written."""
+        with self._mutex:
+            batches, self._pending, self._pending_rows = self._pending, [], 0
+        if not batches:
+            return 0
+        merged: dict[str, tuple[Table, Columns]] = {}
+        for table, columns in batches:  # one INSERT per table per flush
+            _, into = merged.setdefault(table.name, (table, {c: [] for c in table.column_names}))
+            for name in table.column_names:
+                into[name].extend(columns[name])
+        rows = sum(len(c[t.column_names[0]]) for t, c in merged.values())
+        try:
+            written = self.store.write(list(merged.values()))
+        except Exception:
+            log.exception("store write of %d rows failed; they are dropped", rows)
+            self._failed.add(rows)
+            return 0
+        self._written.add(written)
+        return written
+
+    def start(self) -> StoreWriter:
+        self._thread = threading.Thread(target=self._run, name="store-writer", daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        next_retention = time.monotonic()
+        while not self._stop.wait(self.flush_interval):
+            self.flush()
+            if time.monotonic() >= next_retention:
+                self._apply_retention()
+                next_retention = time.monotonic() + self.retention_interval
+
+    def _apply_retention(self) -> None:
+        if not (self.retention_age_s or self.retention_bytes):
+            return
+        try:
+            retention.apply(self.store, self.retention_age_s, self.retention_bytes)
+        except Exception:  # retention must not stop the writes
+            log.exception("store retention failed")
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Stops the flush thread, writes what is left and closes the store."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+        self.flush()
+        self.store.close()

@@ -1,0 +1,1 @@
+"""Turning instruction addresses into function names: kernel, native ELF, perf maps."""
