@@ -133,15 +133,15 @@ struct conn_event {
 	char comm[OTELBPF_COMM_LEN];
 };
 
-/* One record of the periodic TCP socket walk (iter/tcp): every established or listening
- * socket of the agent's network namespace. Sockets the agent did not see open (they predate
- * it) are adopted through their inode, which names their process in /proc. */
+/* One record of the periodic TCP socket walk (iter/tcp) of the agent's network namespace:
+ * every socket the kernel tracks for us, and the established or listening ones it does not.
+ * Those predate the agent and are adopted through their inode, which names their process. */
 struct conn_sample {
 	__u64 sock;
 	__u64 inode;           /* socket inode, 0 if the socket has no file */
 	struct tcp_counters counters;
 	struct flow_endpoints flow;
-	__u8 state;            /* TCP_ESTABLISHED or TCP_LISTEN */
+	__u8 state;            /* TCP state */
 	__u8 tracked;          /* 1 if the socket is in the kernel's connection table */
 	__u16 _pad;
 	__u32 _pad2;

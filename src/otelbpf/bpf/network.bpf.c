@@ -345,11 +345,13 @@ int sample_tcp(struct bpf_iter__tcp *ctx)
 	if (!skc)
 		return 0;
 	state = skc->skc_state;
-	if (state != TCP_ESTABLISHED && state != TCP_LISTEN)
-		return 0;
 	s.sock = (__u64)skc;
-	s.state = state;
 	s.tracked = bpf_map_lookup_elem(&conns, &s.sock) != NULL;
+	/* Tracked sockets in any state (so user space can tell which are gone); others only
+	 * when they are worth adopting. */
+	if (!s.tracked && state != TCP_ESTABLISHED && state != TCP_LISTEN)
+		return 0;
+	s.state = state;
 	s.inode = BPF_CORE_READ(sk, sk_socket, file, f_inode, i_ino);
 	read_endpoints(sk, &s.flow);
 	if (state == TCP_ESTABLISHED)

@@ -40,6 +40,7 @@ DNS_BOUNDS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1
 RTT_BOUNDS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1)
 DNS_TIMEOUT_NS = 10 * 10**9
 KEEP_RECENT = 4096  # closed connections and DNS lookups kept for views and tests
+MAX_EDGES = 10_000  # service-map edges; the least recently seen go first
 DROP_KINDS = ("ring_buffer_full", "connection_table_full", "flow_table_full")
 
 
@@ -128,6 +129,7 @@ class NetworkSensor:
         self._next_sample = 0.0
         self._lock = threading.Lock()  # views read what the drain thread writes
         self._open: dict[int, Connection] = {}
+        self._missing_once: set[int] = set()  # open connections the last socket walk did not see
         self._pending_dns: collections.OrderedDict[tuple, _PendingQuery] = collections.OrderedDict()
         self._names_by_address: collections.OrderedDict[str, str] = collections.OrderedDict()
         self._process_names: dict[int, str] = {}
@@ -238,11 +240,13 @@ class NetworkSensor:
             untracked = samples[samples["tracked"] == 0]
             if len(untracked):
                 self._adopt(untracked)
-            for s in samples[(samples["tracked"] == 1) & (samples["state"] == ne.TCP_ESTABLISHED)]:
+            tracked = samples[samples["tracked"] == 1]
+            for s in tracked[tracked["state"] == ne.TCP_ESTABLISHED]:
                 conn = self._open.get(int(s["sock"]))
                 if conn is not None:
                     self._update_counters(conn, s["counters"])
                     self._report_io(conn)
+            self._forget_vanished({int(sock) for sock in tracked["sock"]} | {int(x) for x in untracked["sock"]})
         self._drain_flows()
         self._account_kernel_drops()
         self._expire_dns(time.monotonic_ns())
@@ -280,6 +284,15 @@ class NetworkSensor:
             seen = self._drops.value({"sensor": self.name, "reason": kind})
             if total > seen:
                 self._drops.add(total - seen, {"sensor": self.name, "reason": kind})
+
+    def _forget_vanished(self, alive: set[int]) -> None:
+        """Connections whose close never reached us (a full ring): missing from two walks in a
+        row. One is not enough: a close just before a walk may still be in the ring."""
+        missing = {sock for sock in self._open if sock not in alive}
+        for sock in missing & self._missing_once:
+            del self._open[sock]
+            self._drops.add(1, {"sensor": self.name, "reason": "close_event_lost"})
+        self._missing_once = missing - self._missing_once
 
     # -- sockets that predate the agent --------------------------------------------------
     def _adopt(self, samples: np.ndarray) -> None:
@@ -454,6 +467,10 @@ class NetworkSensor:
         key = (process, peer, port, transport)
         edge = self.edges.get(key)
         if edge is None:
+            if len(self.edges) >= MAX_EDGES:  # drop the stalest tenth at once, not one per insert
+                stale = sorted(self.edges, key=lambda k: self.edges[k].last_seen_unix_nano)[: MAX_EDGES // 10]
+                for k in stale:
+                    del self.edges[k]
             edge = self.edges[key] = Edge(process, peer, port, transport)
         if edge.peer_name is None:
             edge.peer_name = self._names_by_address.get(peer)
