@@ -261,3 +261,58 @@ def test_udp_flows_count_payload_bytes_and_packets_per_process(sensor):
           if p.attributes["network.transport"] == "udp" and p.attributes["network.io.direction"] == "receive"
           and p.attributes["process.executable.name"] == receiver_name and p.attributes["network.peer.port"] == tx_port]
     assert sum(p.value for p in rx) == sum(sizes)  # named through the socket's creator: it never sent
+
+
+def _serve_short(port: int) -> None:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        s.bind(("127.0.0.1", port))
+        s.listen(4096)
+        s.settimeout(15)
+        try:
+            while True:
+                c, _ = s.accept()
+                c.recv(1)
+                c.sendall(b"y")
+                c.close()
+        except OSError:
+            pass  # the test ends us, or nobody came for 15 s
+
+
+def _connect_short(port: int, n: int) -> None:
+    for _ in range(n):
+        with socket.create_connection(("127.0.0.1", port)) as c:
+            c.sendall(b"x")
+            c.recv(1)
+
+
+def test_parallel_short_connections_are_all_counted_once():
+    # Many processes opening and closing connections while the sensor walks the sockets every
+    # 0.2 s: socket addresses are reused all the time, every connection must count exactly once.
+    import multiprocessing
+
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    registry = Registry()
+    with running(NetworkSensor(lambda batch: None, registry, host_resource(), sample_interval=0.2)):
+        ctx = multiprocessing.get_context("fork")
+        servers = [ctx.Process(target=_serve_short, args=(port,)) for _ in range(2)]
+        for p in servers:
+            p.start()
+        time.sleep(0.3)
+        clients = [ctx.Process(target=_connect_short, args=(port, 1501)) for _ in range(4)]
+        for p in clients:
+            p.start()
+        for p in clients:
+            p.join(60)
+        for p in servers:
+            p.terminate()
+            p.join(10)
+        time.sleep(0.5)
+    counts = {role: sum(p.value for p in registry.counter("otelbpf.network.tcp.connections").points()
+                        if p.attributes["server.port"] == port and p.attributes["otelbpf.network.role"] == role)
+              for role in ("client", "server")}
+    assert counts == {"client": 4 * 1501, "server": 4 * 1501}
+    assert not registry.counter("otelbpf.sensor.dropped").points()

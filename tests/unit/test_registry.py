@@ -69,3 +69,15 @@ def test_snapshot_is_cumulative_from_registry_creation():
     point = metrics["h"].points[0]
     # A value equal to a bound counts in that bound's bucket (OTLP upper-inclusive buckets).
     assert point.bucket_counts == (2, 2, 1) and point.count == 5 and point.sum == pytest.approx(4.65)
+
+
+def test_record_many_buckets_like_record():
+    import numpy as np
+
+    values = np.array([0.0, 0.5, 1.0, 1.5, 2.0, 7.0, 100.0])
+    one, many = Registry(), Registry()
+    h1 = one.histogram("h", "", "s", [1.0, 2.0, 5.0])
+    for v in values:
+        h1.record(float(v), {"k": "v"})
+    many.histogram("h", "", "s", [1.0, 2.0, 5.0]).record_many(values, {"k": "v"})
+    assert h1.points() == many.histogram("h", "", "s", [1.0, 2.0, 5.0]).points()

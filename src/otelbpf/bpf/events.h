@@ -77,8 +77,9 @@ struct profile_pid_event {
 enum conn_event_type {
 	CONN_LISTEN = 1,      /* a process started listening */
 	CONN_UNLISTEN = 2,    /* ... and stopped */
-	CONN_CONNECT = 3,     /* an outgoing connection was established */
-	CONN_ACCEPT = 4,      /* an incoming connection was established */
+	/* No event when a connection is established: the kernel keeps it in its connection table,
+	 * user space learns of it at close or from the periodic socket walk. One event per
+	 * connection end keeps the ring's load (and user space's) at a third. */
 	CONN_CLOSE = 5,       /* an established connection ended: final counters */
 	CONN_FAILED = 6,      /* a connection attempt ended before it was established */
 };
@@ -173,6 +174,82 @@ struct dns_event {
 	__u16 payload_len;     /* bytes of payload that follow this struct */
 	__u8 egress;           /* 1: sent by this host, 0: received */
 	__u8 _pad;
+};
+
+/* --- HTTP (l7) ------------------------------------------------------------------------- */
+
+#define OTELBPF_HTTP_MAX_CAPTURE 8192 /* hard ceiling; the run-time bound is a .rodata knob */
+
+enum http_direction {
+	HTTP_EGRESS = 0,       /* the process wrote these bytes */
+	HTTP_INGRESS = 1,      /* the process read these bytes */
+	HTTP_CLOSE = 2,        /* the process closed a socket that carried HTTP */
+};
+
+enum http_source {
+	HTTP_SOURCE_SYSCALL = 0,
+	HTTP_SOURCE_SSL = 1,   /* plaintext from libssl SSL_read/SSL_write */
+};
+
+/* A socket message that starts like HTTP/1.x (a method or "HTTP/1."), or a close: this
+ * struct, then `captured` bytes of the message. Reads are stamped when they return,
+ * writes when they are issued. */
+struct http_event {
+	__u64 ktime_ns;
+	__u64 sock;            /* kernel struct sock address: the connection while it lives */
+	__u32 pid;             /* thread group id */
+	__u32 tid;
+	__u32 fd;
+	__u32 size;            /* bytes the syscall moved (or was asked to write) */
+	__u16 captured;        /* bytes of the message that follow */
+	__u8 direction;        /* enum http_direction */
+	__u8 source;           /* enum http_source */
+	__u16 family;          /* AF_INET or AF_INET6 */
+	__u16 local_port;      /* host byte order */
+	__u16 peer_port;
+	__u16 _pad;
+	__u8 local_addr[16];   /* IPv4 in the first 4 bytes, or IPv6 */
+	__u8 peer_addr[16];
+	char comm[OTELBPF_COMM_LEN];
+	__u32 _pad2;
+};
+
+/* --- security ---------------------------------------------------------------------------- */
+
+#define SEC_PATH_LEN 256       /* path and string arguments matched in the kernel (longer: cut) */
+#define SEC_ANCESTORS 4        /* ancestors copied into each event, nearest first */
+
+/* One ancestor of the process that matched, read from the task tree at the match. */
+struct sec_ancestor {
+	__u64 start_time_ns;   /* CLOCK_MONOTONIC start of the process */
+	__u32 pid;
+	__u32 _pad;
+	char comm[OTELBPF_COMM_LEN];
+};
+
+/* A security rule matched: only matches reach user space. */
+struct security_event {
+	__u64 ktime_ns;
+	__u64 start_time_ns;   /* of the matching process (thread group leader) */
+	__u64 cgroup_id;
+	__u64 args[3];         /* numeric syscall arguments (open flags and mode, ids, ptrace request and pid, port) */
+	__u32 rule;            /* rule slot in the kernel's rule table */
+	__u32 hook;            /* enum in security.bpf.c / otelbpf.security.hooks */
+	__u32 syscall;         /* which syscall of the hook */
+	__u32 action;          /* the action taken */
+	__u32 signal;          /* signal sent, 0 for none */
+	__u32 pid;
+	__u32 tid;
+	__u32 ppid;
+	__u32 uid;
+	__u32 gid;
+	__u32 pidns;           /* pid namespace inode number */
+	__u32 str_len;         /* bytes in str, without the NUL */
+	__u8 addr[16];         /* connect: destination, IPv4 as ::ffff:a.b.c.d */
+	char comm[OTELBPF_COMM_LEN];
+	char binary[SEC_PATH_LEN];  /* path given to the exec of the running image, "" if unknown */
+	char str[SEC_PATH_LEN];     /* path or string argument as the process passed it */
+	struct sec_ancestor ancestors[SEC_ANCESTORS];
 };
 
 #endif /* OTELBPF_EVENTS_H */

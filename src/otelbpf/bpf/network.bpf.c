@@ -41,8 +41,9 @@ struct conn_owner {
 	__u64 start_ns;
 	__u64 cgroup_id;
 	__u32 pid;
+	__u16 local_port;      /* set once established: the kernel releases the port before close */
 	__u8 role;
-	__u8 _pad[3];
+	__u8 _pad;
 	char comm[OTELBPF_COMM_LEN];
 };
 
@@ -206,6 +207,8 @@ static __always_inline void emit(const struct sock *sk, __u32 type, const struct
 	if (lk) {
 		e.flow.family = lk->family;
 		e.flow.local_port = lk->port;
+	} else if (o && !e.flow.local_port) {
+		e.flow.local_port = o->local_port;
 	}
 	if (with_counters)
 		read_counters(sk, &e.counters);
@@ -264,7 +267,7 @@ int BPF_PROG(on_tcp_state, const struct sock *sk, const int old_state, const int
 		if (old_state == TCP_SYN_SENT) {
 			o = bpf_map_lookup_elem(&conns, &key);
 			if (o)
-				emit(sk, CONN_CONNECT, o, old_state, 0, NULL);
+				o->local_port = BPF_CORE_READ(sk, __sk_common.skc_num);
 		} else if (old_state == TCP_SYN_RECV) {
 			/* A connection a listener accepted (softirq: the listener's process owns it). */
 			lk.family = BPF_CORE_READ(sk, __sk_common.skc_family);
@@ -274,9 +277,9 @@ int BPF_PROG(on_tcp_state, const struct sock *sk, const int old_state, const int
 				owner = *o; /* else a listener older than us: user space names its process */
 			owner.start_ns = bpf_ktime_get_ns();
 			owner.role = ROLE_SERVER;
+			owner.local_port = lk.port;
 			if (bpf_map_update_elem(&conns, &key, &owner, BPF_ANY))
 				count_drop(DROP_CONNS);
-			emit(sk, CONN_ACCEPT, &owner, old_state, 0, NULL);
 		}
 		return 0;
 	}

@@ -130,6 +130,7 @@ class NetworkSensor:
         self._lock = threading.Lock()  # views read what the drain thread writes
         self._open: dict[int, Connection] = {}
         self._missing_once: set[int] = set()  # open connections the last socket walk did not see
+        self._started = False  # the first socket walk adopts what predates us; later ones do not
         self._pending_dns: collections.OrderedDict[tuple, _PendingQuery] = collections.OrderedDict()
         self._names_by_address: collections.OrderedDict[str, str] = collections.OrderedDict()
         self._process_names: dict[int, str] = {}
@@ -183,7 +184,9 @@ class NetworkSensor:
             obj.close()
             raise
         self._obj = obj
+        self._started = False
         self.sample()  # adopt the listeners and connections that predate us
+        self._started = True
         self._next_sample = time.monotonic() + self._sample_interval
 
     def programs(self) -> list[Program]:
@@ -238,11 +241,17 @@ class NetworkSensor:
         samples = np.frombuffer(raw, dtype=ne.CONN_SAMPLE) if raw else np.zeros(0, ne.CONN_SAMPLE)
         with self._lock:
             untracked = samples[samples["tracked"] == 0]
-            if len(untracked):
+            if len(untracked) and not self._started:
+                # Only the first walk adopts: after it every new socket is tracked from its first
+                # state change, and an untracked one seen later is one closing during the walk.
                 self._adopt(untracked)
             tracked = samples[samples["tracked"] == 1]
             for s in tracked[tracked["state"] == ne.TCP_ESTABLISHED]:
                 conn = self._open.get(int(s["sock"]))
+                if conn is not None and (conn.local_port, conn.peer_port) != (
+                        int(s["flow"]["local_port"]), int(s["flow"]["peer_port"])):
+                    continue  # its address now belongs to a newer connection; its close is coming
+                conn = conn or self._discover(s)
                 if conn is not None:
                     self._update_counters(conn, s["counters"])
                     self._report_io(conn)
@@ -284,6 +293,28 @@ class NetworkSensor:
             seen = self._drops.value({"sensor": self.name, "reason": kind})
             if total > seen:
                 self._drops.add(total - seen, {"sensor": self.name, "reason": kind})
+
+    def _discover(self, sample: np.void) -> Connection | None:
+        """A connection the kernel tracks that we meet for the first time: its owner is in the
+        kernel's connection table."""
+        raw = self._obj.maps["conns"].lookup(int(sample["sock"]).to_bytes(8, "little"))
+        if raw is None:
+            return None  # closed meanwhile: its close event brings it
+        owner = np.frombuffer(raw, dtype=ne.CONN_OWNER)[0]
+        flow = sample["flow"]
+        if int(owner["local_port"]) != int(flow["local_port"]):
+            return None  # the socket closed after the walk and its address went to another one
+        family = int(flow["family"])
+        pid = int(owner["pid"]) or self.listeners.get((family, int(flow["local_port"])), (0, ""))[0]
+        conn = Connection(
+            sock=int(sample["sock"]), pid=pid, process=self._process_name(pid, owner["comm"]),
+            role="server" if int(owner["role"]) == ne.ROLE_SERVER else "client", network_type=ne.network_type(family),
+            local_address=ne.address(family, bytes(flow["local_addr"])), local_port=int(flow["local_port"]),
+            peer_address=ne.address(family, bytes(flow["peer_addr"])), peer_port=int(flow["peer_port"]),
+            start_ns=int(owner["start_ns"]))
+        self._open[conn.sock] = conn
+        self._count_new(conn, time.monotonic_ns())
+        return conn
 
     def _forget_vanished(self, alive: set[int]) -> None:
         """Connections whose close never reached us (a full ring): missing from two walks in a
@@ -341,49 +372,126 @@ class NetworkSensor:
 
     # -- connections ----------------------------------------------------------------------
     def _handle_conn_events(self, events: np.ndarray, records: list[LogRecord]) -> None:
-        for e in events:
-            kind = int(e["type"])
-            if kind in (ne.CONN_LISTEN, ne.CONN_UNLISTEN):
-                key = (int(e["flow"]["family"]), int(e["flow"]["local_port"]))
-                if kind == ne.CONN_LISTEN:
-                    self.listeners[key] = (int(e["pid"]), self._process_name(int(e["pid"]), e["comm"]))
-                else:
-                    self.listeners.pop(key, None)
-                continue
-            sock = int(e["sock"])
-            if kind in (ne.CONN_CONNECT, ne.CONN_ACCEPT):
-                conn = self._new_connection(e)
-                self._open[sock] = conn
-                self._connections.add(1, self._conn_attrs(conn))
-                edge = self._edge(conn.process, conn.peer_address, conn.server_port, "tcp") \
-                    if conn.role == "client" else None
-                if edge:
-                    edge.connections += 1
-                    edge.last_seen_unix_nano = self._unix(int(e["ktime_ns"]))
-            elif kind == ne.CONN_CLOSE:
-                conn = self._open.pop(sock, None) or self._new_connection(e)
-                conn.end_ns = int(e["ktime_ns"])
-                self._update_counters(conn, e["counters"])
-                if ne.failure_reason(int(e["sk_err"])) == "connection_reset":
-                    conn.failure = "connection_reset"  # established, then reset: bytes and all
-                    self._failed.add(1, {**self._conn_attrs(conn), "error.type": conn.failure})
-                    records.append(self._conn_record(conn, "network.connection.failed", Severity.WARN))
-                self._report_io(conn)
-                attrs = {"process.executable.name": conn.process, "otelbpf.network.role": conn.role}
-                if not conn.adopted:  # its start is unknown
-                    self._duration.record((conn.end_ns - conn.start_ns) / 1e9, attrs)
-                if conn.srtt_us:
-                    self._rtt.record(conn.srtt_us / 1e6, attrs)
-                self.closed.append(conn)
-                if self._connection_logs:
-                    records.append(self._conn_record(conn, "network.connection.closed", Severity.INFO))
-            elif kind == ne.CONN_FAILED:
-                conn = self._new_connection(e)
-                conn.end_ns = int(e["ktime_ns"])
-                conn.failure = ne.failure_reason(int(e["sk_err"]))
-                self._failed.add(1, {**self._conn_attrs(conn), "error.type": conn.failure})
-                self.closed.append(conn)
-                records.append(self._conn_record(conn, "network.connection.failed", Severity.WARN))
+        kinds = events["type"]
+        for e in events[(kinds == ne.CONN_LISTEN) | (kinds == ne.CONN_UNLISTEN)]:
+            key = (int(e["flow"]["family"]), int(e["flow"]["local_port"]))
+            if int(e["type"]) == ne.CONN_LISTEN:
+                self.listeners[key] = (int(e["pid"]), self._process_name(int(e["pid"]), e["comm"]))
+            else:
+                self.listeners.pop(key, None)
+        closes = events[kinds == ne.CONN_CLOSE]
+        if len(closes):
+            # Connections we know (seen by a socket walk), resets and, when asked for, every
+            # connection's log record need one object each; the short-lived rest go in bulk.
+            # A socket address is reused once freed: the start time tells two connections apart.
+            started = {sock: conn.start_ns for sock, conn in self._open.items()}
+            known = np.fromiter((started.get(int(sock)) == int(start)
+                                 for sock, start in zip(closes["sock"], closes["start_ns"])), bool, len(closes))
+            one_by_one = known | np.isin(closes["sk_err"], ne.RESET_ERRNOS) | self._connection_logs
+            for e in closes[one_by_one]:
+                self._close_one(e, records)
+            self._close_many(closes[~one_by_one])
+        for e in events[kinds == ne.CONN_FAILED]:
+            conn = self._new_connection(e)
+            conn.end_ns = int(e["ktime_ns"])
+            conn.failure = ne.failure_reason(int(e["sk_err"]))
+            self._failed.add(1, {**self._conn_attrs(conn), "error.type": conn.failure})
+            self.closed.append(conn)
+            records.append(self._conn_record(conn, "network.connection.failed", Severity.WARN))
+
+    def _count_new(self, conn: Connection, ktime_ns: int) -> None:
+        """A connection counted once: when a socket walk first sees it, or at its close."""
+        self._connections.add(1, self._conn_attrs(conn))
+        if conn.role == "client":
+            edge = self._edge(conn.process, conn.peer_address, conn.server_port, "tcp")
+            edge.connections += 1
+            edge.last_seen_unix_nano = self._unix(ktime_ns)
+
+    def _close_one(self, e: np.void, records: list[LogRecord]) -> None:
+        conn = self._open.get(int(e["sock"]))
+        if conn is not None and conn.start_ns == int(e["start_ns"]):
+            del self._open[conn.sock]
+        else:  # never seen open (or another connection now has its address)
+            conn = self._new_connection(e)
+            self._count_new(conn, int(e["ktime_ns"]))
+        conn.end_ns = int(e["ktime_ns"])
+        self._update_counters(conn, e["counters"])
+        if ne.failure_reason(int(e["sk_err"])) == "connection_reset":
+            conn.failure = "connection_reset"  # established, then reset: bytes and all
+            self._failed.add(1, {**self._conn_attrs(conn), "error.type": conn.failure})
+            records.append(self._conn_record(conn, "network.connection.failed", Severity.WARN))
+        self._report_io(conn)
+        attrs = {"process.executable.name": conn.process, "otelbpf.network.role": conn.role}
+        if not conn.adopted:  # an adopted connection's start is unknown
+            self._duration.record((conn.end_ns - conn.start_ns) / 1e9, attrs)
+        if conn.srtt_us:
+            self._rtt.record(conn.srtt_us / 1e6, attrs)
+        self.closed.append(conn)
+        if self._connection_logs:
+            records.append(self._conn_record(conn, "network.connection.closed", Severity.INFO))
+
+    def _close_many(self, closes: np.ndarray) -> None:
+        """Connections opened and closed between two walks, in bulk: numpy per batch, Python per
+        group of (process, role, peer, port), never per connection."""
+        n = len(closes)
+        if n == 0:
+            return
+        flow, counters = closes["flow"], closes["counters"]
+        client = closes["role"] == ne.ROLE_CLIENT
+        flags = counters["flags"]
+        sent = np.maximum(counters["bytes_acked"].astype(np.int64) - client
+                          - ((flags & ne.TCP_FIN_ACKED) != 0), 0)
+        received = np.maximum(counters["bytes_received"].astype(np.int64) - ((flags & ne.TCP_FIN_RECEIVED) != 0), 0)
+        pids = closes["pid"].copy()
+        for i in np.flatnonzero(pids == 0):  # accepted by a listener older than us
+            pids[i] = self.listeners.get((int(flow["family"][i]), int(flow["local_port"][i])), (0, ""))[0]
+        keys = np.zeros(n, dtype=[("pid", "<u4"), ("role", "u1"), ("family", "<u2"), ("peer", "V16"), ("port", "<u2")])
+        keys["pid"], keys["role"], keys["family"] = pids, closes["role"], flow["family"]
+        keys["peer"] = flow["peer_addr"]
+        keys["port"] = np.where(client, flow["peer_port"], flow["local_port"])
+        groups, inverse = np.unique(keys, return_inverse=True)
+        inverse = inverse.ravel()
+        per_group = {name: np.bincount(inverse, weights=values, minlength=len(groups))
+                     for name, values in (("sent", sent), ("received", received),
+                                          ("segs_out", counters["segs_out"]), ("segs_in", counters["segs_in"]))}
+        count = np.bincount(inverse, minlength=len(groups))
+        duration = (closes["ktime_ns"] - closes["start_ns"]) / 1e9
+        srtt = counters["srtt_us"] / 1e6
+        last_seen = self._unix(int(closes["ktime_ns"].max()))
+        for g, key in enumerate(groups):
+            pid, family = int(key["pid"]), int(key["family"])
+            conn = Connection(sock=0, pid=pid, process=self._process_name(pid, b""),
+                              role="client" if int(key["role"]) == ne.ROLE_CLIENT else "server",
+                              network_type=ne.network_type(family), local_address="", local_port=0,
+                              peer_address=ne.address(family, bytes(key["peer"])), peer_port=int(key["port"]),
+                              start_ns=0)
+            if conn.role == "server":
+                conn.local_port = int(key["port"])
+            attrs = self._conn_attrs(conn)
+            self._connections.add(int(count[g]), attrs)
+            for direction, nbytes, segs in (("transmit", "sent", "segs_out"), ("receive", "received", "segs_in")):
+                if per_group[nbytes][g]:
+                    self._io.add(int(per_group[nbytes][g]), {**attrs, "network.io.direction": direction})
+                if per_group[segs][g]:
+                    self._packets.add(int(per_group[segs][g]), {**attrs, "network.io.direction": direction})
+            members = inverse == g
+            short = {"process.executable.name": conn.process, "otelbpf.network.role": conn.role}
+            self._duration.record_many(duration[members], short)
+            self._rtt.record_many(srtt[members & (srtt > 0)], short)
+            if conn.role == "client":
+                edge = self._edge(conn.process, conn.peer_address, conn.server_port, "tcp")
+                edge.connections += int(count[g])
+                edge.bytes_sent += int(per_group["sent"][g])
+                edge.bytes_received += int(per_group["received"][g])
+                edge.last_seen_unix_nano = last_seen
+        # The most recent ones, one by one, for views and the closed-connection log.
+        for i in range(max(0, n - KEEP_RECENT // 4), n):
+            conn = self._new_connection(closes[i])
+            conn.pid = int(pids[i])
+            conn.process = self._process_name(conn.pid, b"")
+            conn.end_ns = int(closes["ktime_ns"][i])
+            self._update_counters(conn, counters[i])
+            self.closed.append(conn)
 
     def _new_connection(self, e: np.void) -> Connection:
         flow = e["flow"]
@@ -414,8 +522,10 @@ class NetworkSensor:
     def _report_io(self, conn: Connection) -> None:
         """Turn counter growth since the last report into metric increments."""
         now = (conn.bytes_sent, conn.bytes_received, conn.segments_out, conn.segments_in)
-        sent, received, segs_out, segs_in = (a - b for a, b in zip(now, conn.reported))
-        conn.reported = now
+        # A walk can read a FIN's sequence number a moment before the flag that says it is one:
+        # a count may then step back by one, which a counter must never do.
+        sent, received, segs_out, segs_in = (max(a - b, 0) for a, b in zip(now, conn.reported))
+        conn.reported = tuple(max(a, b) for a, b in zip(now, conn.reported))
         attrs = self._conn_attrs(conn)
         if sent:
             self._io.add(sent, {**attrs, "network.io.direction": "transmit"})

@@ -7,7 +7,7 @@ import ipaddress
 
 import numpy as np
 
-CONN_LISTEN, CONN_UNLISTEN, CONN_CONNECT, CONN_ACCEPT, CONN_CLOSE, CONN_FAILED = range(1, 7)
+CONN_LISTEN, CONN_UNLISTEN, CONN_CLOSE, CONN_FAILED = 1, 2, 5, 6
 ROLE_CLIENT, ROLE_SERVER = 1, 2
 AF_INET, AF_INET6 = 2, 10
 IPPROTO_TCP, IPPROTO_UDP = 6, 17
@@ -41,7 +41,8 @@ TCP_ESTABLISHED, TCP_LISTEN = 1, 10
 
 # The kernel's record of who owns a connection or a listening port (network.bpf.c).
 CONN_OWNER = np.dtype([
-    ("start_ns", "<u8"), ("cgroup_id", "<u8"), ("pid", "<u4"), ("role", "u1"), ("_pad", "V3"), ("comm", "S16"),
+    ("start_ns", "<u8"), ("cgroup_id", "<u8"), ("pid", "<u4"), ("local_port", "<u2"), ("role", "u1"),
+    ("_pad", "u1"), ("comm", "S16"),
 ])
 LISTENER_KEY = np.dtype([("family", "<u2"), ("port", "<u2")])
 
@@ -77,6 +78,9 @@ FAILURE_REASONS = {
     errno.ECONNRESET: "connection_reset",
     errno.EPIPE: "connection_reset",
 }
+
+
+RESET_ERRNOS = np.array([errno.ECONNRESET, errno.EPIPE], dtype=np.uint32)
 
 
 def failure_reason(sk_err: int) -> str:

@@ -11,6 +11,8 @@ import time
 from bisect import bisect_left
 from collections.abc import Callable, Sequence
 
+import numpy as np
+
 from otelbpf.signals.model import (
     Attributes,
     Metric,
@@ -106,6 +108,22 @@ class Histogram(_Instrument):
             state[bucket] += 1
             state[-2] += 1
             state[-1] += value
+
+    def record_many(self, values: np.ndarray, attrs: Attributes | None = None) -> None:
+        """Record a batch of values with the same attributes (one bucketing pass in numpy)."""
+        if len(values) == 0:
+            return
+        key = _key(attrs, {})
+        # searchsorted(side="left") puts a value equal to a bound in that bound's bucket, as record() does.
+        buckets = np.bincount(np.searchsorted(self.bounds, values, side="left"), minlength=len(self.bounds) + 1)
+        with self._lock:
+            state = self._values.get(key)
+            if state is None:
+                state = self._values[key] = [0] * (len(self.bounds) + 1) + [0, 0.0]
+            for i, n in enumerate(buckets.tolist()):
+                state[i] += n
+            state[-2] += len(values)
+            state[-1] += float(values.sum())
 
     def points(self) -> list[MetricPoint]:
         with self._lock:
