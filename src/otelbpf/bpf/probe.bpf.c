@@ -29,3 +29,9 @@ int probe_perf_event(void *ctx) { return 0; }
 
 SEC("uprobe")
 int probe_uprobe(void *ctx) { return 0; }
+
+SEC("iter/tcp")
+int probe_iter(struct bpf_iter__tcp *ctx) { return 0; }
+
+SEC("cgroup_skb/egress")
+int probe_cgroup_skb(struct __sk_buff *skb) { return 1; }

@@ -29,6 +29,8 @@ HOOK_PROGRAMS = {
     "raw_tp": ("probe_raw_tp", False),
     "perf_event": ("probe_perf_event", False),
     "uprobe": ("probe_uprobe", False),
+    "iter": ("probe_iter", False),
+    "cgroup_skb": ("probe_cgroup_skb", False),
     "kprobe": ("probe_kprobe", False),
     "fentry": ("probe_fentry", False),
     "lsm": ("probe_lsm", False),
@@ -58,7 +60,7 @@ def ensure_tracefs() -> bool:
     return libc.mount(b"tracefs", str(TRACEFS).encode(), b"tracefs", 0, None) == 0
 
 
-def _probe_hook(obj_path: Path, program: str) -> tuple[bool, str]:
+def _probe_hook(obj_path: Path, program: str, cgroup_root: str | None) -> tuple[bool, str]:
     try:
         with BpfObject(obj_path) as obj:
             for p in obj.programs.values():
@@ -73,6 +75,12 @@ def _probe_hook(obj_path: Path, program: str) -> tuple[bool, str]:
                     os.close(fd)
             elif program == "probe_uprobe":
                 prog.attach_uprobe("libc.so.6", "getpid")
+            elif program == "probe_iter":
+                prog.attach_iter()
+            elif program == "probe_cgroup_skb":
+                if cgroup_root is None:
+                    return False, "no cgroup v2 hierarchy mounted"
+                prog.attach_cgroup(cgroup_root)
             else:
                 prog.attach()
         return True, "loads and attaches"
@@ -80,7 +88,8 @@ def _probe_hook(obj_path: Path, program: str) -> tuple[bool, str]:
         return False, str(e).splitlines()[0]
 
 
-def probe(obj_path: Path) -> list[Feature]:
+def probe(obj_path: Path, cgroup_root: str | None = None) -> list[Feature]:
+    """The feature table; cgroup_root (the cgroup v2 mount) lets cgroup programs be tried."""
     caps = effective_capabilities()
     has = lambda cap: bool(caps >> cap & 1)  # noqa: E731
     soft, _ = resource.getrlimit(resource.RLIMIT_MEMLOCK)
@@ -101,7 +110,7 @@ def probe(obj_path: Path) -> list[Feature]:
     privileged = features[0].available and features[2].available
     for kind, (program, required) in HOOK_PROGRAMS.items():
         if privileged:
-            ok, detail = _probe_hook(obj_path, program)
+            ok, detail = _probe_hook(obj_path, program, cgroup_root)
         else:
             ok, detail = False, "not probed: no privileges or no BTF"
         features.append(Feature(kind, ok, detail, required))
