@@ -1,6 +1,6 @@
 """Run every benchmark and keep their output in bench/RESULTS.md.
 
-Usage: .venv/bin/python bench/run_all.py [name ...]   (names: ringbuf, execstorm, pstorm, export, store)
+Usage: .venv/bin/python bench/run_all.py [name ...]   (names: the keys of BENCHES)
 With names, only those run and their sections replace the old ones in RESULTS.md.
 """
 
@@ -20,7 +20,7 @@ RESULTS = HERE / "RESULTS.md"
 BENCHES = {"ringbuf": "bench_ringbuf.py", "execstorm": "bench_execstorm.py", "pstorm": "bench_parallel_storm.py",
            "network": "bench_network.py",
            "export": "bench_export.py", "store": "bench_store.py",
-           "profile": "bench_profile.py"}
+           "profile": "bench_profile.py", "http": "bench_http.py"}
 MARK = "<!-- bench: {} -->"
 
 

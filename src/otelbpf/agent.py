@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from otelbpf.config import AgentConfig, parse_host_port, parse_ui_address
+from otelbpf.enrich.containers import find_cgroup2_root
 from otelbpf.enrich.host import host_resource
 from otelbpf.export.base import Sink
 from otelbpf.export.console import ConsoleSink, JsonLinesSink
@@ -43,6 +44,7 @@ log = logging.getLogger("otelbpf")
 PROBE_OBJECT = Path(__file__).resolve().parent / "bpf" / "probe.bpf.o"
 SELF_SCOPE = "otelbpf.agent"
 DEFAULT_JSONL = "otelbpf-events.jsonl"
+POLICY_CHECK_INTERVAL = 2.0  # seconds between looks at the policy files for changes
 # Where the embedded receiver listens by default: the standard OTLP ports, so programs with
 # an OpenTelemetry SDK can send to the agent as they would to a collector.
 EMBEDDED_GRPC_PORT, EMBEDDED_HTTP_PORT = 4317, 4318
@@ -58,7 +60,7 @@ def progress(message: str) -> None:
 
 def check_host() -> list[features.Feature]:
     """The feature table; raises AgentError naming every missing requirement."""
-    table = features.probe(PROBE_OBJECT)
+    table = features.probe(PROBE_OBJECT, find_cgroup2_root())
     missing = features.missing_required(table)
     if missing:
         raise AgentError("this host cannot run the agent:\n" + "\n".join(
@@ -80,6 +82,8 @@ class Agent:
         self.store_writer: StoreWriter | None = None  # the embedded default's local store
         self.ui: UiServer | None = None
         self._stop = threading.Event()
+        self._reload = threading.Event()  # SIGHUP: load the security policies again
+        self._policy_fingerprint: tuple = ()
         self._threads: list[threading.Thread] = []
 
     # -- start ----------------------------------------------------------------------------
@@ -194,6 +198,9 @@ class Agent:
             from otelbpf.profiling.files import PprofDirectory
             from otelbpf.sensors.profile import ProfileSensor
             emit = PprofDirectory(cfg.profile.output_dir) if cfg.profile.output_dir else (lambda profile: None)
+            if self.store_writer is not None:  # the embedded default: samples into the local store too
+                from otelbpf.store.profile_rows import also_to_store
+                emit = also_to_store(emit, self.store_writer, str(dict(self.resource.attributes).get("service.name", "")))
             return ProfileSensor(emit, self.registry, hz=cfg.profile.hz, interval=cfg.profile.interval,
                                  max_stacks=cfg.profile.max_stacks)
         if name == "network":
@@ -201,7 +208,58 @@ class Agent:
             return NetworkSensor(self.sink.export_logs, self.registry, self.resource,
                                  sample_interval=cfg.network.sample_interval, capture_dns=cfg.network.capture_dns,
                                  connection_logs=cfg.network.connection_logs, ringbuf_bytes=cfg.ringbuf_bytes)
+        if name == "http":
+            from otelbpf.sensors.http import HttpSensor, Selection, parse_ports
+            http = cfg.http
+            selection = Selection(parse_ports(http.open_ports or ""), http.executable)
+            return HttpSensor(self.sink.export_spans, self.registry, self.resource,
+                              capture_bytes=http.capture_bytes, selection=selection, tls=http.tls,
+                              ringbuf_bytes=cfg.ringbuf_bytes)
+        if name == "security":
+            return self._make_security_sensor()
         raise AgentError(f"unknown sensor {name!r}")
+
+    def _policy_source(self):
+        from otelbpf.security.policyset import PolicySource
+        sec = self.config.security
+        return PolicySource(tuple(sec.policies), sec.policy_dir, sec.shipped_policies)
+
+    def _make_security_sensor(self) -> Sensor:
+        from otelbpf.security.policy import PolicyError
+        from otelbpf.sensors.security import SecuritySensor, unavailable_hooks
+        source = self._policy_source()
+        try:
+            policies, notes = source.load(unavailable_hooks())
+        except PolicyError as exc:
+            raise AgentError(str(exc)) from None
+        for note in notes:
+            progress(note)
+        self._policy_fingerprint = source.fingerprint()
+        return SecuritySensor(self.sink.export_logs, self.registry, self.resource, policies,
+                              enforce=self.config.security.enforce,
+                              keep_secret_args=self.config.process.keep_secret_args,
+                              ringbuf_bytes=self.config.ringbuf_bytes)
+
+    def reload_policies(self, only_if_changed: bool = False) -> None:
+        """Load the policy files again into the running security sensor; an invalid set is
+        reported and the running one kept."""
+        from otelbpf.security.policy import PolicyError
+        from otelbpf.sensors.security import unavailable_hooks
+        sensor = next((s for s in self.sensors if s.name == "security"), None)
+        if sensor is None:
+            return
+        source = self._policy_source()
+        fingerprint = source.fingerprint()
+        if only_if_changed and fingerprint == self._policy_fingerprint:
+            return
+        self._policy_fingerprint = fingerprint
+        try:
+            policies, _ = source.load(unavailable_hooks())
+            sensor.reload(policies)
+        except PolicyError as exc:
+            log.error("policies not reloaded, the running ones stay: %s", exc)
+            return
+        progress(f"policies reloaded: {', '.join(p.name for p in policies)}")
 
     def _register_bpf_stats(self) -> None:
         # Non-zero only while kernel.bpf_stats_enabled=1 (the kernel then times each run).
@@ -237,12 +295,18 @@ class Agent:
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
                 signal.signal(sig, lambda *_: self._stop.set())
+            signal.signal(signal.SIGHUP, lambda *_: self._reload.set())
         deadline = time.monotonic() + duration if duration else None
         next_metrics = time.monotonic() + self.config.metrics_interval
+        next_policy_check = time.monotonic() + POLICY_CHECK_INTERVAL
         while not self._stop.is_set():
             now = time.monotonic()
             if deadline is not None and now >= deadline:
                 break
+            if self._reload.is_set() or now >= next_policy_check:
+                self.reload_policies(only_if_changed=not self._reload.is_set())
+                self._reload.clear()
+                next_policy_check = now + POLICY_CHECK_INTERVAL
             if now >= next_metrics:
                 self.export_metrics()
                 next_metrics = now + self.config.metrics_interval

@@ -41,8 +41,12 @@ def _parser() -> argparse.ArgumentParser:
 
     _add_profile_parser(sub)
     _add_flows_parser(sub)
+    _add_http_parser(sub)
 
     sub.add_parser("doctor", help="show what this host supports; non-zero exit if the agent cannot run")
+    policy = sub.add_parser("policy", help="security policies: `otelbpf policy check FILE...` validates them")
+    policy.add_argument("action", choices=["check"])
+    policy.add_argument("files", nargs="+", metavar="FILE")
     sub.add_parser("version", help="print the version")
     _store_parsers(sub)
     return p
@@ -58,11 +62,15 @@ def _store_parsers(sub) -> None:
     query = with_store("query", "run SQL over the local store (read-only while the agent runs)")
     query.add_argument("sql", help='e.g. "SELECT * FROM process_events LIMIT 10"')
     query.add_argument("--format", choices=["table", "csv", "json"], default="table")
-    for name, help_text in (("top", "executables by execs, exits and failures"),
-                            ("events", "the latest process events")):
+    for name, help_text in (("top", "executables by execs, exits and failures (or by network bytes)"),
+                            ("events", "the latest process events"),
+                            ("map", "service map edges: client -> server, connections and bytes")):
         view = with_store(name, help_text)
         view.add_argument("--window", type=float, metavar="SECONDS", help="only this many seconds back (default: all)")
         view.add_argument("--limit", type=int, default=20 if name == "top" else 50, metavar="N")
+        if name == "top":
+            view.add_argument("--by", choices=["execs", "bytes"], default="execs",
+                              help="execs: process lifecycle; bytes: network bytes per executable")
     ui = with_store("ui", "serve the web UI over a store file (the running agent serves its own)")
     ui.add_argument("--address", default="127.0.0.1:0", metavar="HOST:PORT", help="loopback address (port 0: any free)")
 
@@ -116,6 +124,31 @@ def _add_flows_parser(sub) -> None:
     flows.add_argument("--interval", type=float, default=1.0, metavar="SECONDS", help="refresh interval (1)")
     flows.add_argument("--top", type=int, default=20, help="rows of top talkers (20)")
     flows.add_argument("--once", action="store_true", help="watch for --duration (or one interval), print once")
+
+
+def _add_http_parser(sub) -> None:
+    http = sub.add_parser("http", help="live HTTP view: RED per service and route, slowest requests")
+    http.add_argument("--duration", type=float, metavar="SECONDS", help="stop after this many seconds")
+    http.add_argument("--interval", type=float, default=1.0, metavar="SECONDS", help="refresh interval (1)")
+    http.add_argument("--top", type=int, default=20, help="rows per table (20)")
+    http.add_argument("--once", action="store_true", help="watch for --duration (or one interval), print once")
+
+
+def cmd_http(args: argparse.Namespace) -> int:
+    from otelbpf.kernel.errors import BpfError
+    from otelbpf.views import http
+
+    if os.geteuid() != 0:
+        print("otelbpf http loads BPF programs and must run as root", file=sys.stderr)
+        return EXIT_CANNOT_RUN
+    try:
+        http.run(args.duration, args.interval, args.top, args.once)
+    except BpfError as e:
+        print(f"otelbpf: {e}", file=sys.stderr)
+        return EXIT_CANNOT_RUN
+    except KeyboardInterrupt:
+        pass
+    return EXIT_OK
 
 
 def cmd_flows(args: argparse.Namespace) -> int:
@@ -232,12 +265,13 @@ def cmd_doctor(_: argparse.Namespace) -> int:
     from rich.table import Table
 
     from otelbpf.agent import PROBE_OBJECT
+    from otelbpf.enrich.containers import find_cgroup2_root
     from otelbpf.kernel import features
 
     if os.geteuid() != 0:
         print("otelbpf doctor: not running as root; BPF features cannot be probed (try: sudo otelbpf doctor)",
               file=sys.stderr)
-    table = features.probe(PROBE_OBJECT)
+    table = features.probe(PROBE_OBJECT, find_cgroup2_root())
     view = Table(title=f"otelbpf {__version__}: what this host supports")
     for col in ("feature", "available", "needed", "detail"):
         view.add_column(col)
@@ -317,8 +351,18 @@ def cmd_query(args: argparse.Namespace) -> int:
 def cmd_top(args: argparse.Namespace) -> int:
     from otelbpf.store import queries
 
+    if getattr(args, "by", "execs") == "bytes":
+        return _with_reader(args, lambda db: _print_result(
+            queries.top_talkers(db, args.window, args.limit), title="executables by network bytes"))
     return _with_reader(args, lambda db: _print_result(
         queries.top_processes(db, args.window, args.limit), title="executables by execs"))
+
+
+def cmd_map(args: argparse.Namespace) -> int:
+    from otelbpf.store import queries
+
+    return _with_reader(args, lambda db: _print_result(
+        queries.service_map(db, args.window, args.limit), title="service map: client -> server"))
 
 
 def cmd_events(args: argparse.Namespace) -> int:
@@ -364,7 +408,22 @@ def cmd_ui(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-STORE_COMMANDS = {"query": cmd_query, "top": cmd_top, "events": cmd_events, "ui": cmd_ui}
+STORE_COMMANDS = {"query": cmd_query, "top": cmd_top, "events": cmd_events, "map": cmd_map, "ui": cmd_ui}
+
+
+def cmd_policy_check(args: argparse.Namespace) -> int:
+    """Validate and compile policy files; each error names the file, line, field and reason."""
+    from otelbpf.security.compiler import compile_policies
+    from otelbpf.security.policy import PolicyError, load_policy
+
+    try:
+        policies = [load_policy(f) for f in args.files]
+        compiled = compile_policies(policies)
+    except PolicyError as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_USAGE
+    print(f"{len(policies)} policies, {len(compiled.rules)} rules: valid")
+    return EXIT_OK
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -377,10 +436,14 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_OK
     if args.command == "doctor":
         return cmd_doctor(args)
+    if args.command == "policy":
+        return cmd_policy_check(args)
     if args.command == "profile":
         return cmd_profile(args)
     if args.command == "flows":
         return cmd_flows(args)
+    if args.command == "http":
+        return cmd_http(args)
     if args.command in STORE_COMMANDS:
         return STORE_COMMANDS[args.command](args)
     return cmd_run(args)

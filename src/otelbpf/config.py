@@ -31,7 +31,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 # Add a sensor's name here when its sensor lands; the default is to run all of them.
-KNOWN_SENSORS: frozenset[str] = frozenset({"process", "profile", "network"})
+KNOWN_SENSORS: frozenset[str] = frozenset({"process", "profile", "network", "http", "security"})
 
 ENV_PREFIX = "OTELBPF_"
 # Standard OpenTelemetry variables, read before the OTELBPF_ ones so those override them.
@@ -63,6 +63,22 @@ class NetworkSensorConfig(_Model):
     connection_logs: bool = False  # a log record per closed connection, not only metrics
 
 
+class HttpSensorConfig(_Model):
+    capture_bytes: int = Field(256, ge=16, le=8192)  # first bytes of each HTTP message copied from the kernel
+    open_ports: str | None = None  # e.g. "80,443,8000-8999": processes with one of these ports open
+    executable: str | None = None  # glob on the executable path or name, e.g. "*/nginx"
+    tls: bool = True  # uprobes on libssl for HTTPS
+
+    @field_validator("open_ports")
+    @classmethod
+    def _ports(cls, spec: str | None) -> str | None:
+        if spec is not None:
+            from otelbpf.sensors.http import parse_ports  # validated where it is used
+
+            parse_ports(spec)
+        return spec
+
+
 class StoreConfig(_Model):
     """The embedded store, on when no collector is configured."""
 
@@ -79,6 +95,15 @@ class ProfileSensorConfig(_Model):
     output_dir: str | None = None  # each profile as DIR/cpu-<time>.pb.gz (pprof); not written when None
 
 
+class SecuritySensorConfig(_Model):
+    """Security policies (otelbpf.security.policy); reloaded on SIGHUP or when a file changes."""
+
+    shipped_policies: bool = True  # the shipped report-only defaults (sensitive files, outbound, modules, setuid)
+    policies: list[str] = Field(default_factory=list)  # policy files
+    policy_dir: str | None = None  # every *.yaml in it
+    enforce: bool = False  # sigkill/signal actions act only when true; otherwise they are reported
+
+
 class AgentConfig(_Model):
     sensors: list[str] = Field(default_factory=lambda: sorted(KNOWN_SENSORS))
     duration: float | None = Field(None, gt=0)  # seconds; None runs until stopped
@@ -90,6 +115,8 @@ class AgentConfig(_Model):
     process: ProcessSensorConfig = Field(default_factory=ProcessSensorConfig)
     network: NetworkSensorConfig = Field(default_factory=NetworkSensorConfig)
     profile: ProfileSensorConfig = Field(default_factory=ProfileSensorConfig)
+    security: SecuritySensorConfig = Field(default_factory=SecuritySensorConfig)
+    http: HttpSensorConfig = Field(default_factory=HttpSensorConfig)
     store: StoreConfig = Field(default_factory=StoreConfig)
     ui: str = "127.0.0.1:4380"  # the local web UI (with the store); loopback only
     # Shared by all sensors: size of each BPF ring buffer and how often it is drained.

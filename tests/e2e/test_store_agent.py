@@ -53,10 +53,13 @@ def wait_until(predicate, timeout: float, step: float = 0.2) -> bool:
     return predicate()
 
 
-def start_agent(store: Path, log: Path, flush_interval: float = 0.5) -> RunningAgent:
+def start_agent(store: Path, log: Path, flush_interval: float = 0.5, sensors: list[str] | None = None,
+                extra_env: dict[str, str] | None = None) -> RunningAgent:
+    """The agent on its embedded default; sensors None: only process; [] : the default set."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "OTELBPF_"))}
-    env.update(OTELBPF_STORE__FLUSH_INTERVAL=str(flush_interval), OTELBPF_METRICS_INTERVAL="1")
-    process = subprocess.Popen(OTELBPF + ["run", "--sensors", "process", "--store", str(store), "--ui", "127.0.0.1:0",
+    env.update(OTELBPF_STORE__FLUSH_INTERVAL=str(flush_interval), OTELBPF_METRICS_INTERVAL="1", **(extra_env or {}))
+    chosen = ["--sensors", ",".join(sensors)] if sensors else [] if sensors is not None else ["--sensors", "process"]
+    process = subprocess.Popen(OTELBPF + ["run", *chosen, "--store", str(store), "--ui", "127.0.0.1:0",
                                           "--no-console", "--jsonl", str(log.with_suffix(".jsonl"))],
                                env=env, stderr=log.open("w"), stdout=subprocess.DEVNULL)
     ok = wait_until(lambda: "running" in log.read_text() or process.poll() is not None, 60)

@@ -62,7 +62,7 @@ def chromium(url: str, profile: Path, screenshot: Path | None = None) -> str:
 def page(agent, path: str, profile: Path, shot: str) -> str:
     """Loads a page with the token (as a user opens the printed URL) and saves a screenshot."""
     ARTIFACTS.mkdir(exist_ok=True)
-    url = agent.ui_url.replace("/?token=", f"{path}?token=")
+    url = agent.ui_url.replace("/?token=", f"{path}{'&' if '?' in path else '?'}token=")
     chromium(url, profile, ARTIFACTS / shot)
     assert (ARTIFACTS / shot).stat().st_size > 10_000
     return chromium(url, profile)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Protocol, runtime_checkable
 
-from otelbpf.signals.model import LogBatch, MetricBatch
+from otelbpf.signals.model import LogBatch, MetricBatch, SpanBatch
 
 
 @runtime_checkable
@@ -16,6 +16,8 @@ class Sink(Protocol):
     def export_logs(self, batch: LogBatch) -> None: ...
 
     def export_metrics(self, batch: MetricBatch) -> None: ...
+
+    def export_spans(self, batch: SpanBatch) -> None: ...
 
     def shutdown(self, timeout: float = 5.0) -> None:
         """Flush what is queued (within timeout), then stop."""

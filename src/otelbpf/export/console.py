@@ -12,7 +12,7 @@ import sys
 import threading
 from typing import IO
 
-from otelbpf.signals.model import AttrValue, Attributes, LogBatch, MetricBatch, MetricKind
+from otelbpf.signals.model import AttrValue, Attributes, LogBatch, MetricBatch, MetricKind, SpanBatch
 
 
 def _json_value(value: AttrValue) -> object:
@@ -56,7 +56,7 @@ class _StreamSink:
 
 
 class JsonLinesSink(_StreamSink):
-    """One JSON object per log record and per metric point."""
+    """One JSON object per log record, per metric point and per span."""
 
     name = "jsonl"
 
@@ -101,6 +101,27 @@ class JsonLinesSink(_StreamSink):
                 lines.append(json.dumps(entry, separators=(",", ":")))
         self._write(lines)
 
+    def export_spans(self, batch: SpanBatch) -> None:
+        resource = _json_attributes(batch.resource.as_dict())
+        self._write([
+            json.dumps({
+                "time": _iso(s.start_time_unix_nano),
+                "trace_id": s.trace_id.hex(),
+                "span_id": s.span_id.hex(),
+                "parent_span_id": s.parent_span_id.hex(),
+                "name": s.name,
+                "kind": s.kind.name,
+                "start_time_unix_nano": s.start_time_unix_nano,
+                "end_time_unix_nano": s.end_time_unix_nano,
+                "status": s.status_code.name,
+                "status_message": s.status_message,
+                "attributes": _json_attributes(s.attributes),
+                "resource": resource,
+                "scope": batch.scope,
+            }, separators=(",", ":"))
+            for s in batch.spans
+        ])
+
 
 def _compact(attributes: Attributes) -> str:
     parts = []
@@ -133,4 +154,12 @@ class ConsoleSink(_StreamSink):
             for p in metric.points:
                 value = f"count={p.count} sum={p.sum:g}" if metric.kind is MetricKind.HISTOGRAM else f"{p.value}"
                 lines.append(f"metric {metric.name} {value} {_compact(p.attributes)}".rstrip())
+        self._write(lines)
+
+    def export_spans(self, batch: SpanBatch) -> None:
+        lines = []
+        for s in batch.spans:
+            clock = dt.datetime.fromtimestamp(s.start_time_unix_nano / 1e9).strftime("%H:%M:%S.%f")[:-3]
+            ms = (s.end_time_unix_nano - s.start_time_unix_nano) / 1e6
+            lines.append(f"{clock} SPAN  {s.kind.name.lower()} {s.name} {ms:.3f}ms {_compact(s.attributes)}".rstrip())
         self._write(lines)

@@ -7,7 +7,7 @@ import time
 from collections.abc import Sequence
 
 from otelbpf.export.base import Sink
-from otelbpf.signals.model import LogBatch, MetricBatch
+from otelbpf.signals.model import LogBatch, MetricBatch, SpanBatch
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +33,13 @@ class FanoutSink:
                 sink.export_metrics(batch)
             except Exception:
                 log.exception("sink %s failed to take a metric batch", sink.name)
+
+    def export_spans(self, batch: SpanBatch) -> None:
+        for sink in self.sinks:
+            try:
+                sink.export_spans(batch)
+            except Exception:
+                log.exception("sink %s failed to take a span batch", sink.name)
 
     def shutdown(self, timeout: float = 5.0) -> None:
         """Shuts the sinks down one after the other within one shared deadline."""

@@ -1,4 +1,4 @@
-"""OTLP exporter: batches logs and metrics and sends them over gRPC, HTTP/protobuf or HTTP/JSON.
+"""OTLP exporter: batches logs, metrics and spans and sends them over gRPC, HTTP/protobuf or HTTP/JSON.
 
 Per signal, a bounded queue feeds one worker thread that cuts requests of up to
 max_batch_size items (or whatever arrived within batch_timeout), encodes them and sends
@@ -26,6 +26,7 @@ from google.protobuf.message import DecodeError, Message
 from google.rpc import error_details_pb2, status_pb2
 from opentelemetry.proto.collector.logs.v1 import logs_service_pb2
 from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 
 from otelbpf.export.otlp_settings import OtlpSettings, SignalSettings
 from otelbpf.export.retry import (
@@ -36,12 +37,12 @@ from otelbpf.export.retry import (
     send_with_retry,
 )
 from otelbpf.signals import otlp as mapping
-from otelbpf.signals.model import LogBatch, MetricBatch
+from otelbpf.signals.model import LogBatch, MetricBatch, SpanBatch
 from otelbpf.signals.otlp_json import from_json, to_json
 from otelbpf.signals.registry import Registry
 
 log = logging.getLogger(__name__)
-B = TypeVar("B", LogBatch, MetricBatch)
+B = TypeVar("B", LogBatch, MetricBatch, SpanBatch)
 
 _RETRYABLE_GRPC = frozenset({
     grpc.StatusCode.CANCELLED,
@@ -71,6 +72,11 @@ def _split_logs(batch: LogBatch, n: int) -> tuple[LogBatch, LogBatch]:
     return head, LogBatch(batch.resource, batch.scope, batch.records[n:])
 
 
+def _split_spans(batch: SpanBatch, n: int) -> tuple[SpanBatch, SpanBatch]:
+    head = SpanBatch(batch.resource, batch.scope, batch.spans[:n])
+    return head, SpanBatch(batch.resource, batch.scope, batch.spans[n:])
+
+
 def _grpc_method(service_module, service: str) -> str:
     """Method path from the official descriptor, e.g. /opentelemetry...LogsService/Export."""
     return f"/{service_module.DESCRIPTOR.services_by_name[service].full_name}/Export"
@@ -94,6 +100,15 @@ _CODECS = {
         response=metrics_service_pb2.ExportMetricsServiceResponse,
         rejected_field="rejected_data_points",
         grpc_method=_grpc_method(metrics_service_pb2, "MetricsService"),
+    ),
+    "traces": _Codec(
+        count=mapping.span_item_count,
+        split=_split_spans,
+        encode_protobuf=mapping.encode_traces_request,
+        encode_message=mapping.traces_request,
+        response=trace_service_pb2.ExportTraceServiceResponse,
+        rejected_field="rejected_spans",
+        grpc_method=_grpc_method(trace_service_pb2, "TraceService"),
     ),
 }
 
@@ -428,7 +443,7 @@ class _SignalPipeline:
 
 
 class OtlpExporter:
-    """Sink that exports logs and metrics over OTLP; see the module docstring."""
+    """Sink that exports logs, metrics and spans over OTLP; see the module docstring."""
 
     def __init__(
         self,
@@ -449,6 +464,9 @@ class OtlpExporter:
 
     def export_metrics(self, batch: MetricBatch) -> None:
         self._pipelines["metrics"].enqueue(batch)
+
+    def export_spans(self, batch: SpanBatch) -> None:
+        self._pipelines["traces"].enqueue(batch)
 
     def flush(self, timeout: float = 5.0) -> bool:
         """Sends everything queued; True when it all left within timeout."""

@@ -449,7 +449,7 @@ class NetworkSensor:
         keys["pid"], keys["role"], keys["family"] = pids, closes["role"], flow["family"]
         keys["peer"] = flow["peer_addr"]
         keys["port"] = np.where(client, flow["peer_port"], flow["local_port"])
-        groups, inverse = np.unique(keys, return_inverse=True)
+        groups, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
         inverse = inverse.ravel()
         per_group = {name: np.bincount(inverse, weights=values, minlength=len(groups))
                      for name, values in (("sent", sent), ("received", received),
@@ -460,7 +460,8 @@ class NetworkSensor:
         last_seen = self._unix(int(closes["ktime_ns"].max()))
         for g, key in enumerate(groups):
             pid, family = int(key["pid"]), int(key["family"])
-            conn = Connection(sock=0, pid=pid, process=self._process_name(pid, b""),
+            # The kernel's name of the process, should it be gone before we ask /proc.
+            conn = Connection(sock=0, pid=pid, process=self._process_name(pid, closes["comm"][first[g]]),
                               role="client" if int(key["role"]) == ne.ROLE_CLIENT else "server",
                               network_type=ne.network_type(family), local_address="", local_port=0,
                               peer_address=ne.address(family, bytes(key["peer"])), peer_port=int(key["port"]),
@@ -488,7 +489,7 @@ class NetworkSensor:
         for i in range(max(0, n - KEEP_RECENT // 4), n):
             conn = self._new_connection(closes[i])
             conn.pid = int(pids[i])
-            conn.process = self._process_name(conn.pid, b"")
+            conn.process = self._process_name(conn.pid, closes["comm"][i])
             conn.end_ns = int(closes["ktime_ns"][i])
             self._update_counters(conn, counters[i])
             self.closed.append(conn)

@@ -87,3 +87,40 @@ class MetricBatch:
     start_time_unix_nano: int
     time_unix_nano: int
     metrics: list[Metric]
+
+
+class SpanKind(enum.IntEnum):
+    """OTLP Span.SpanKind values."""
+
+    INTERNAL = 1
+    SERVER = 2
+    CLIENT = 3
+
+
+class StatusCode(enum.IntEnum):
+    """OTLP Status.StatusCode values."""
+
+    UNSET = 0
+    OK = 1
+    ERROR = 2
+
+
+@dataclass(slots=True)
+class SpanRecord:
+    trace_id: bytes  # 16 bytes
+    span_id: bytes  # 8 bytes
+    name: str
+    kind: SpanKind
+    start_time_unix_nano: int
+    end_time_unix_nano: int
+    parent_span_id: bytes = b""  # empty for a root span
+    attributes: Attributes = field(default_factory=dict)
+    status_code: StatusCode = StatusCode.UNSET
+    status_message: str = ""
+
+
+@dataclass(slots=True)
+class SpanBatch:
+    resource: Resource
+    scope: str
+    spans: list[SpanRecord]

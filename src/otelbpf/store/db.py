@@ -78,6 +78,10 @@ class Store:
             self._con.execute("BEGIN")
             for table in TABLES.values():
                 self._con.execute(table.ddl())
+                existing = {r[0] for r in self._con.execute(
+                    "SELECT column_name FROM information_schema.columns WHERE table_name = ?", [table.name]).fetchall()}
+                for statement in table.migrations(existing):
+                    self._con.execute(statement)
             for view in VIEWS:
                 self._con.execute(view)
             self._con.execute("COMMIT")
@@ -104,7 +108,7 @@ class Store:
         frame = {name: np.asarray(columns[name], dtype=table.numpy_dtype(name)) for name in table.column_names}
         rows = len(frame[table.column_names[0]])
         if rows:
-            con.execute(f"INSERT INTO {table.name} SELECT * FROM frame")  # noqa: S608 - names are ours
+            con.execute(f"INSERT INTO {table.name} BY NAME SELECT * FROM frame")  # noqa: S608 - names are ours
         return rows
 
     def execute(self, sql: str, params: list | None = None) -> None:

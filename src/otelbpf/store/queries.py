@@ -100,3 +100,43 @@ def red(db: Queryable, window_s: float | None = None, limit: int = 100) -> Resul
               FROM spans WHERE kind = 'server' AND time_unix_nano >= ?
               GROUP BY ALL)
         ORDER BY requests DESC, service, route LIMIT ?""", [since_ns(window_s), limit])
+
+
+def service_map(db: Queryable, window_s: float | None = None, limit: int = 500) -> Result:
+    """Client -> server edges: TCP connections (requests), failed ones (errors), bytes."""
+    return db.query("""
+        SELECT client, server, protocol,
+               sum(requests) AS connections, sum(errors) AS failed,
+               sum(bytes_sent) AS bytes_sent, sum(bytes_received) AS bytes_received,
+               string_agg(DISTINCT CAST(json_extract(attributes, '$."server.port"') AS VARCHAR), ',') AS ports,
+               bool_or(CAST(json_extract(attributes, '$."otelbpf.network.local"') AS BOOLEAN)) AS local,
+               make_timestamp(max(time_unix_nano) // 1000) AS last_seen
+        FROM service_edges WHERE time_unix_nano >= ?
+        GROUP BY client, server, protocol
+        ORDER BY connections DESC, sum(bytes_sent) + sum(bytes_received) DESC, client, server LIMIT ?""",
+                    [since_ns(window_s), limit])
+
+
+def top_talkers(db: Queryable, window_s: float | None = None, limit: int = 20) -> Result:
+    """Executables by bytes sent and received (flows derived from the network metrics)."""
+    return db.query("""
+        SELECT process_name AS executable, transport,
+               sum(bytes_sent) AS bytes_sent, sum(bytes_received) AS bytes_received,
+               sum(bytes_sent + bytes_received) AS bytes_total,
+               count(DISTINCT peer_address || ':' || coalesce(CAST(peer_port AS VARCHAR), '')) AS peers,
+               make_timestamp(max(time_unix_nano) // 1000) AS last_seen
+        FROM flows WHERE time_unix_nano >= ?
+        GROUP BY ALL ORDER BY bytes_total DESC, executable LIMIT ?""", [since_ns(window_s), limit])
+
+
+def flame(db: Queryable, window_s: float | None = None, end_ago_s: float = 0.0, process: str | None = None,
+          limit: int = 50_000) -> Result:
+    """Folded stacks ("process;root;...;leaf", samples) in the window ending end_ago_s ago."""
+    start = since_ns(window_s + end_ago_s) if window_s else 0
+    end = since_ns(end_ago_s) if end_ago_s else 1 << 62
+    where = " AND process_name = ?" if process else ""
+    return db.query(f"""
+        SELECT replace(process_name, ';', ':') || ';' || stack AS stack, sum(samples) AS samples
+        FROM profile_samples WHERE time_unix_nano >= ? AND time_unix_nano < ?{where}
+        GROUP BY 1 ORDER BY samples DESC LIMIT ?""",
+                    [start, end, *([process] if process else []), limit])

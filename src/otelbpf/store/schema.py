@@ -2,8 +2,10 @@
 
 Times are nanoseconds since the epoch in BIGINT columns (what OTLP carries; cheap to append
 from numpy). Attributes the views and queries need are promoted to columns; the rest stay
-as JSON so any program's telemetry fits. flows, service_edges and profile_samples wait for
-the network and profiling sensors; their layout is fixed here so queries can be written now.
+as JSON so any program's telemetry fits. flows and service_edges are derived at ingest from
+the network sensor's metrics (store.network_rows); profile_samples come from the profile
+sensor (store.profile_rows). Columns are only ever added at the end of a table: an older
+store file gets them on open (ALTER TABLE ... ADD COLUMN IF NOT EXISTS).
 """
 
 from __future__ import annotations
@@ -21,6 +23,11 @@ class Table:
     @property
     def column_names(self) -> list[str]:
         return [name for name, _ in self.columns]
+
+    def migrations(self, existing: set[str]) -> list[str]:
+        """Adds the columns that a store file written by an older version lacks."""
+        return [f"ALTER TABLE {self.name} ADD COLUMN {name} {kind}" for name, kind in self.columns
+                if name not in existing]
 
     def ddl(self) -> str:
         cols = ",\n  ".join(f"{name} {kind}" for name, kind in self.columns)
@@ -111,6 +118,8 @@ SERVICE_EDGES = Table("service_edges", (
     ("errors", "BIGINT"),
     ("duration_sum_ns", "BIGINT"),
     ("attributes", "JSON"),
+    ("bytes_sent", "BIGINT"),  # by the client
+    ("bytes_received", "BIGINT"),
 ))
 
 PROFILE_SAMPLES = Table("profile_samples", (

@@ -17,8 +17,9 @@ from otelbpf.receiver.otlp import Refusal
 from otelbpf.signals.registry import Registry
 from otelbpf.store import retention
 from otelbpf.store.db import Columns, Store
+from otelbpf.store.network_rows import NetworkDerivation
 from otelbpf.store.otlp_rows import ROWS_BY_SIGNAL
-from otelbpf.store.schema import Table
+from otelbpf.store.schema import FLOWS, METRIC_POINTS, SERVICE_EDGES, Table
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,7 @@ class StoreWriter:
         self.retention_interval = retention_interval
         self._pending: list[tuple[Table, Columns]] = []
         self._pending_rows = 0
+        self._network = NetworkDerivation()  # flows and service-map edges from the network metrics
         self._mutex = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -50,19 +52,39 @@ class StoreWriter:
     def handle(self, signal: str, request: Message) -> None:
         """OtlpReceiver handler: decode the request into rows and queue them."""
         table, to_rows = ROWS_BY_SIGNAL[signal]
-        self.append(table, to_rows(request), signal=signal)
+        columns = to_rows(request)
+        if table is not METRIC_POINTS:
+            self.append(table, columns, signal=signal)
+            return
+        self._check_room(len(columns[table.column_names[0]]))  # before the derivation moves on
+        flows, edges = self._network.derive(columns)
+        self.append_all([(table, columns), (FLOWS, flows), (SERVICE_EDGES, edges)])
 
     def append(self, table: Table, columns: Columns, signal: str = "") -> None:
-        rows = len(columns[table.column_names[0]])
+        self.append_all([(table, columns)])
+
+    def append_all(self, batches: list[tuple[Table, Columns]]) -> None:
+        """Queues every batch, or none (Refusal) when the queue would overflow."""
+        counted = [(t, c, len(c[t.column_names[0]])) for t, c in batches]
+        rows = sum(n for *_, n in counted)
         if not rows:
             return
         with self._mutex:
             if self._pending_rows + rows > self.max_pending_rows:
-                self._refused.add(rows, table=table.name)
+                for t, _, n in counted:
+                    if n:
+                        self._refused.add(n, table=t.name)
                 raise Refusal(f"local store queue full ({self._pending_rows} rows); retry later",
                               retry_after=max(self.flush_interval, 1.0))
-            self._pending.append((table, columns))
+            self._pending.extend((t, c) for t, c, n in counted if n)
             self._pending_rows += rows
+
+    def _check_room(self, rows: int) -> None:
+        with self._mutex:
+            if self._pending_rows + rows > self.max_pending_rows:
+                self._refused.add(rows, table=METRIC_POINTS.name)
+                raise Refusal(f"local store queue full ({self._pending_rows} rows); retry later",
+                              retry_after=max(self.flush_interval, 1.0))
 
     # -- flushing -------------------------------------------------------------------------
     def flush(self) -> int:

@@ -19,7 +19,7 @@ from http.cookies import SimpleCookie
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 from pathlib import Path
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 from otelbpf.store import QueryError, StoreError, queries
 from otelbpf.store.client import check_read_only, state_file, write_state
@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 COOKIE = "otelbpf_token"
-PAGES = ("/", "/processes", "/traces", "/sql")  # one page each; app.js draws the view
+PAGES = ("/", "/processes", "/traces", "/map", "/flame", "/sql")  # one page each; app.js draws the view
 STATIC_TYPES = {".js": "text/javascript", ".css": "text/css", ".html": "text/html", ".svg": "image/svg+xml"}
 MAX_QUERY_BYTES = 1 << 20
 MAX_ROWS = 10_000
@@ -38,6 +38,11 @@ MAX_ROWS = 10_000
 def _window(params: dict) -> float | None:
     value = params.get("window", [""])[0]
     return float(value) if value.replace(".", "", 1).isdigit() else None
+
+
+def _seconds(params: dict, name: str) -> float:
+    value = params.get(name, [""])[0]
+    return float(value) if value.replace(".", "", 1).isdigit() else 0.0
 
 
 def _limit(params: dict, default: int) -> int:
@@ -54,6 +59,10 @@ API = {
     "traces": lambda db, p: queries.traces(db, _window(p), _limit(p, 50), p.get("order", ["slowest"])[0]),
     "trace": lambda db, p: queries.trace_spans(db, p.get("id", [""])[0]),
     "red": lambda db, p: queries.red(db, _window(p), _limit(p, 100)),
+    "service_map": lambda db, p: queries.service_map(db, _window(p), _limit(p, 500)),
+    "talkers": lambda db, p: queries.top_talkers(db, _window(p), _limit(p, 20)),
+    "flame": lambda db, p: queries.flame(db, _window(p), _seconds(p, "end_ago"), p.get("process", [""])[0] or None,
+                                         _limit(p, MAX_ROWS)),
 }
 
 
@@ -163,7 +172,8 @@ class _Handler(BaseHTTPRequestHandler):
         if "token" in params:  # trade the token in the address for a cookie, then drop it
             self.send_response(303)
             self.send_header("Set-Cookie", f"{COOKIE}={self.ui.token}; HttpOnly; SameSite=Strict; Path=/")
-            self.send_header("Location", url.path or "/")
+            kept = urlencode([(k, v) for k, vs in params.items() if k != "token" for v in vs])
+            self.send_header("Location", (url.path or "/") + (f"?{kept}" if kept else ""))
             self.send_header("Content-Length", "0")
             self.end_headers()
             return

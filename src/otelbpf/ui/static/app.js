@@ -100,6 +100,180 @@ function waterfall(result) {
   return el("table", { class: "waterfall", id: "trace-spans" }, el("thead", {}, head), el("tbody", {}, ...body));
 }
 
+
+// -- SVG helpers, service map, flame graph ----------------------------------------------
+const SVG_NS = "http://www.w3.org/2000/svg";
+
+function svg(tag, attrs = {}, ...children) {
+  const node = document.createElementNS(SVG_NS, tag);
+  for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, v);
+  for (const child of children) if (child !== null && child !== undefined) node.append(child instanceof Node ? child : String(child));
+  return node;
+}
+
+function fmtBytes(n) {
+  if (!n) return "0 B";
+  const units = ["B", "KiB", "MiB", "GiB", "TiB"];
+  const i = Math.min(units.length - 1, Math.floor(Math.log(n) / Math.log(1024)));
+  return `${(n / 1024 ** i).toFixed(i ? 1 : 0)} ${units[i]}`;
+}
+
+function clip(text, chars) { return text.length > chars ? `${text.slice(0, Math.max(1, chars - 1))}…` : text; }
+
+// Layered layout: a node sits one column right of the furthest client that calls it.
+function serviceMap(result) {
+  const edges = rows(result);
+  if (!edges.length) return el("p", { class: "empty" }, "no connections in this window (the network sensor reports them)");
+  const names = [...new Set(edges.flatMap((e) => [e.client, e.server]))].sort();
+  const rank = new Map(names.map((n) => [n, 0]));
+  for (let pass = 0; pass < names.length; pass++) {
+    let changed = false;
+    for (const e of edges) {
+      const want = rank.get(e.client) + 1;
+      if (e.client !== e.server && rank.get(e.server) < want && want < names.length) { rank.set(e.server, want); changed = true; }
+    }
+    if (!changed) break;
+  }
+  const columns = [];
+  for (const n of names) (columns[rank.get(n)] ||= []).push(n);
+  const W = 210, H = 34, GAP_X = 170, GAP_Y = 30, PAD = 24;
+  const pos = new Map();
+  columns.forEach((col, c) => (col || []).forEach((n, r) => pos.set(n, { x: PAD + c * (W + GAP_X), y: PAD + r * (H + GAP_Y) })));
+  const width = PAD * 2 + columns.length * W + (columns.length - 1) * GAP_X + 160;
+  const height = PAD * 2 + Math.max(...columns.map((c) => (c || []).length)) * (H + GAP_Y) - GAP_Y;
+  const root = svg("svg", { id: "service-map", viewBox: `0 0 ${width} ${height + 40}`, width, height: height + 40 },
+    svg("defs", {}, svg("marker", { id: "arrow", viewBox: "0 0 10 10", refX: "10", refY: "5", markerWidth: "8", markerHeight: "8", orient: "auto-start-reverse" },
+      svg("path", { d: "M 0 0 L 10 5 L 0 10 z", fill: "#6b7180" }))));
+  for (const e of edges) {
+    const a = pos.get(e.client), b = pos.get(e.server);
+    let d, lx, ly;
+    if (e.client === e.server) {
+      d = `M ${a.x + W - 30} ${a.y} C ${a.x + W - 30} ${a.y - 28}, ${a.x + W + 20} ${a.y - 28}, ${a.x + W} ${a.y + 8}`;
+      lx = a.x + W + 14; ly = a.y - 8;
+    } else if (b.x > a.x) {
+      const x1 = a.x + W, y1 = a.y + H / 2, x2 = b.x, y2 = b.y + H / 2, mx = (x1 + x2) / 2;
+      d = `M ${x1} ${y1} C ${mx} ${y1}, ${mx} ${y2}, ${x2} ${y2}`;
+      lx = mx; ly = (y1 + y2) / 2 - 6;
+    } else {  // back edge (a cycle): arc below the boxes
+      const x1 = a.x + W / 2, y1 = a.y + H, x2 = b.x + W / 2, y2 = b.y + H, low = Math.max(y1, y2) + 40;
+      d = `M ${x1} ${y1} C ${x1} ${low}, ${x2} ${low}, ${x2} ${y2}`;
+      lx = (x1 + x2) / 2; ly = low - 8;
+    }
+    const label = `${e.connections} conn · ${fmtBytes((e.bytes_sent || 0) + (e.bytes_received || 0))}${e.failed ? ` · ${e.failed} failed` : ""}`;
+    root.append(svg("g", { class: e.failed ? "edge failed" : "edge", "data-client": e.client, "data-server": e.server,
+      "data-connections": e.connections, "data-protocol": e.protocol },
+      svg("title", {}, `${e.client} → ${e.server} (${e.protocol}, port ${e.ports ?? "?"}): ${e.connections} connections, ` +
+        `${e.failed} failed, sent ${fmtBytes(e.bytes_sent)}, received ${fmtBytes(e.bytes_received)}`),
+      svg("path", { d, "marker-end": "url(#arrow)" }),
+      svg("text", { x: lx, y: ly, "text-anchor": e.client === e.server ? "start" : "middle" }, label)));
+  }
+  for (const n of names) {
+    const p = pos.get(n);
+    const external = n.includes(":") && !edges.some((e) => e.client === n);
+    root.append(svg("g", { class: external ? "node external" : "node", "data-name": n },
+      svg("title", {}, n), svg("rect", { x: p.x, y: p.y, width: W, height: H, rx: 6 }),
+      svg("text", { x: p.x + W / 2, y: p.y + H / 2 + 5, "text-anchor": "middle" }, clip(n, 28))));
+  }
+  return el("div", { class: "map-wrap" }, root);
+}
+
+// Flame graph (root on top): click a frame to zoom, search highlights and sums the matches,
+// diff colours each frame by how its share changed from the previous window.
+const flameState = { search: new URLSearchParams(location.search).get("search") || "", focus: [], diff: false, data: null };
+
+function flameTree(result) {
+  const root = { name: "all", value: 0, base: 0, children: new Map() };
+  for (const [stack, n] of result.rows) {
+    let node = root;
+    node.value += n;
+    for (const name of stack.split(";")) {
+      if (!node.children.has(name)) node.children.set(name, { name, value: 0, base: 0, children: new Map() });
+      node = node.children.get(name);
+      node.value += n;
+    }
+  }
+  return root;
+}
+
+function addBaseline(root, result) {
+  let total = 0;
+  for (const [stack, n] of result.rows) {
+    total += n;
+    let node = root;
+    for (const name of stack.split(";")) { node = node.children.get(name); if (!node) break; node.base += n; }
+  }
+  root.base = total;
+}
+
+function hue(name) { let h = 0; for (const ch of name) h = (h * 31 + ch.charCodeAt(0)) >>> 0; return h; }
+
+function frameColor(node, root, diff) {
+  if (diff) {
+    if (!root.base) return "#c8c8c8";
+    const change = node.value / root.value - node.base / root.base;  // share of all samples
+    const strength = Math.min(1, Math.abs(change) * 4);
+    const light = 92 - Math.round(strength * 42);
+    return change >= 0 ? `hsl(0, 75%, ${light}%)` : `hsl(215, 75%, ${light}%)`;
+  }
+  const h = hue(node.name);
+  if (node.name.endsWith("_[k]")) return `hsl(${190 + (h % 30)}, 55%, ${62 + (h % 12)}%)`;
+  return `hsl(${h % 55}, ${70 + (h % 20)}%, ${55 + (h % 15)}%)`;
+}
+
+function drawFlame(box, info) {
+  const { root, diff } = flameState.data;
+  const term = flameState.search.trim().toLowerCase();
+  const WIDTH = 1200, ROW = 18;
+  const frames = [];  // [node, path, x, w, depth]
+  // Ancestors of the focus span the whole width; the focus subtree is scaled to it.
+  let node = root, path = [], depth = 0;
+  for (const name of flameState.focus) {
+    const next = node.children.get(name);
+    if (!next) break;
+    frames.push([node, [...path], 0, WIDTH, depth++]);
+    path = [...path, name];
+    node = next;
+  }
+  const scale = WIDTH / Math.max(1, node.value);
+  const lay = (n, p, x, d) => {
+    frames.push([n, p, x, n.value * scale, d]);
+    let cx = x;
+    for (const child of [...n.children.values()].sort((a, b) => a.name.localeCompare(b.name))) {
+      if (child.value * scale >= 0.3) lay(child, [...p, child.name], cx, d + 1);
+      cx += child.value * scale;
+    }
+  };
+  lay(node, path, 0, depth);
+  const maxDepth = Math.max(...frames.map((f) => f[4])) + 1;
+  const chart = svg("svg", { id: "flamegraph", viewBox: `0 0 ${WIDTH} ${maxDepth * ROW}`, width: "100%" });
+  let matched = 0;
+  const countMatches = (n, inside) => {
+    const hit = term && n !== root && n.name.toLowerCase().includes(term);
+    if (hit && !inside) matched += n.value;
+    for (const c of n.children.values()) countMatches(c, inside || hit);
+  };
+  countMatches(root, false);
+  for (const [n, p, x, w, d] of frames) {
+    const hit = term && n !== root && n.name.toLowerCase().includes(term);
+    const share = (100 * n.value) / Math.max(1, root.value);
+    let tip = `${n.name}: ${n.value} samples (${share.toFixed(2)}%)`;
+    if (diff && root.base) tip += `, baseline ${(100 * n.base / root.base).toFixed(2)}%`;
+    const g = svg("g", { class: hit ? "frame match" : "frame", "data-name": n.name, "data-samples": n.value },
+      svg("title", {}, tip),
+      svg("rect", { x: x.toFixed(2), y: d * ROW, width: Math.max(0.5, w - 0.5).toFixed(2), height: ROW - 1,
+        fill: hit ? "#b05fd0" : frameColor(n, root, diff) }));
+    if (w > 28) g.append(svg("text", { x: (x + 3).toFixed(2), y: d * ROW + 13 }, clip(n.name, Math.floor((w - 6) / 7))));
+    g.addEventListener("click", () => { flameState.focus = p; drawFlame(box, info); });
+    chart.append(g);
+  }
+  box.replaceChildren(chart);
+  const parts = [`${root.value} samples`];
+  if (flameState.focus.length) parts.push(`zoomed to ${flameState.focus.join(" › ")}`);
+  if (term) parts.push(`matched “${flameState.search}”: ${matched} samples (${((100 * matched) / Math.max(1, root.value)).toFixed(2)}%)`);
+  if (diff) parts.push(root.base ? `diff against the previous window (${root.base} samples): red grew, blue shrank` : "no samples in the previous window to compare with");
+  info.textContent = parts.join(" · ");
+}
+
 const VIEWS = {
   async overview() {
     const [summary, top] = await Promise.all([api("/api/summary"), api(`/api/top?${windowParam()}`)]);
@@ -118,6 +292,35 @@ const VIEWS = {
   },
   async trace(id) {
     return [section(`Trace ${id}`, "trace", waterfall(await api(`/api/trace?id=${encodeURIComponent(id)}`)))];
+  },
+  async map() {
+    const [edges, talkers] = await Promise.all([api(`/api/service_map?${windowParam()}`), api(`/api/talkers?${windowParam()}`)]);
+    return [section("Service map (client → server, TCP connections and bytes)", "map", serviceMap(edges)),
+      section("Edges", "edges", table(edges, { id: "edges-table", empty: "no edges yet" })),
+      section("Top talkers by bytes", "talkers", table(talkers, { id: "talkers-table", empty: "no flows yet" }))];
+  },
+  async flame() {
+    const w = $("#window").value;
+    const current = await api(`/api/flame?${windowParam()}`);
+    const root = flameTree(current);
+    const diff = flameState.diff && !!w;
+    if (diff) addBaseline(root, await api(`/api/flame?${windowParam()}&end_ago=${w}`));
+    flameState.data = { root, diff };
+    const search = el("input", { id: "flame-search", type: "search", placeholder: "search frames (regex-free, case-insensitive)", value: flameState.search });
+    const reset = el("button", { id: "flame-reset" }, "Reset zoom");
+    const diffBox = el("input", { id: "flame-diff", type: "checkbox" });
+    diffBox.checked = flameState.diff;
+    const info = el("p", { id: "flame-info", class: "flame-info" });
+    const box = el("div", { id: "flame-box" });
+    search.addEventListener("input", () => { flameState.search = search.value; drawFlame(box, info); });
+    reset.addEventListener("click", () => { flameState.focus = []; drawFlame(box, info); });
+    diffBox.addEventListener("change", () => { flameState.diff = diffBox.checked; refresh(); });
+    const controls = el("div", { class: "flame-controls" }, search, reset,
+      el("label", {}, diffBox, " diff against the previous window", w ? "" : " (pick a window)"));
+    if (!current.rows.length) return [section("CPU flame graph", "flame", el("div", {}, controls,
+      el("p", { class: "empty" }, "no profile samples in this window (the profile sensor stores one profile per interval)")))];
+    drawFlame(box, info);
+    return [section("CPU flame graph (all processes; click a frame to zoom)", "flame", el("div", {}, controls, info, box))];
   },
   sql() {
     const input = el("textarea", { id: "sql-input", spellcheck: "false" }, "SELECT * FROM process_events ORDER BY time DESC LIMIT 20");
@@ -140,7 +343,7 @@ const VIEWS = {
 function currentView() {
   const path = location.pathname;
   if (path.startsWith("/trace/")) return ["trace", decodeURIComponent(path.slice(7))];
-  return [{ "/": "overview", "/processes": "processes", "/traces": "traces", "/sql": "sql" }[path] || "overview", null];
+  return [{ "/": "overview", "/processes": "processes", "/traces": "traces", "/map": "map", "/flame": "flame", "/sql": "sql" }[path] || "overview", null];
 }
 
 async function refresh() {
@@ -161,5 +364,5 @@ document.addEventListener("DOMContentLoaded", () => {
   for (const a of document.querySelectorAll("nav a")) if (a.dataset.view === name || (name === "trace" && a.dataset.view === "traces")) a.classList.add("active");
   $("#window").addEventListener("change", refresh);
   refresh();
-  if (name !== "sql" && name !== "trace") setInterval(refresh, REFRESH_MS);  // live views
+  if (!["sql", "trace", "flame"].includes(name)) setInterval(refresh, REFRESH_MS);  // live views
 });

@@ -1,0 +1,134 @@
+"""Writing compiled policies into the kernel's maps, and replacing them while programs run.
+
+The rule table has two generations of slots (0-31, 32-63). A reload fills the idle
+generation and its trie entries next to the live ones, then switches each hook's rule mask
+(one map write per hook), then removes the old generation. Every event is matched either
+by the old or by the new policy set, never by half of one, and nothing is detached.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from otelbpf.kernel import BpfError, BpfObject
+from otelbpf.kernel.objects import BPF_NOEXIST, possible_cpus
+
+BPF_EXIST = 2
+from otelbpf.security.compiler import BINARY_MASKS, GENERATION_SLOTS, HOOK_CONF, LPM_DATA, Compiled, TrieKey
+from otelbpf.security.hooks import HOOKS
+
+PROC_STATE = np.dtype([("masks", BINARY_MASKS), ("binary", "S256")])
+RULE_STATS = np.dtype([("matches", "<u8"), ("actions", "<u8"), ("limited", "<u8"), ("lost", "<u8")])
+ADDR_DATA = 20
+
+
+def _u32(n: int) -> bytes:
+    return int(n).to_bytes(4, "little")
+
+
+def _u64(n: int) -> bytes:
+    return int(n).to_bytes(8, "little")
+
+
+def _trie_key(key: TrieKey, size: int) -> bytes:
+    data, bits = key
+    return _u32(bits) + data.ljust(size, b"\0")
+
+
+class PolicyMaps:
+    """The policy state of one loaded security.bpf.o."""
+
+    def __init__(self, obj: BpfObject):
+        self._obj = obj
+        self._maps = obj.maps
+        self.live: Compiled | None = None
+        self.generation = 1  # the first apply() fills generation 0
+
+    def next_first_slot(self) -> int:
+        return (1 - self.generation) * GENERATION_SLOTS
+
+    def apply(self, new: Compiled) -> None:
+        """Make `new` (compiled for next_first_slot()) the live policy set."""
+        old = self.live or Compiled()
+        new_gen = 1 - self.generation
+        old_bits = ((1 << GENERATION_SLOTS) - 1) << (self.generation * GENERATION_SLOTS)
+        for slot, rule in new.rules.items():
+            self._clear_slot_counters(slot)
+            self._maps["rules"].update(_u32(slot), rule)
+        tries = (("paths", LPM_DATA), ("postfixes", LPM_DATA), ("addrs", ADDR_DATA))
+        for name, size in tries:  # the new entries beside the old ones
+            for key, mask in getattr(new, name).items():
+                kept = getattr(old, name).get(key, 0) & old_bits
+                self._maps[name].update(_trie_key(key, size), _u64(kept | mask))
+        for key, (as_bin, as_par) in new.binaries.items():
+            ob, op = old.binaries.get(key, (0, 0))
+            self._maps["binaries"].update(_trie_key(key, LPM_DATA),
+                                          _u64((ob & old_bits) | as_bin) + _u64((op & old_bits) | as_par))
+        self._rewrite_procs(new, keep_bits=old_bits)
+        for hook in HOOKS.values():  # the switch
+            conf = new.hooks.get(hook.id, np.zeros(1, HOOK_CONF)[0])
+            self._maps["hooks"].update(_u32(hook.id), conf.tobytes())
+        for name, size in tries:  # the old generation goes
+            for key in getattr(old, name).keys() - getattr(new, name).keys():
+                self._maps[name].delete(_trie_key(key, size))
+            for key in getattr(old, name).keys() & getattr(new, name).keys():
+                self._maps[name].update(_trie_key(key, size), _u64(getattr(new, name)[key]))
+        for key in old.binaries.keys() - new.binaries.keys():
+            self._maps["binaries"].delete(_trie_key(key, LPM_DATA))
+        for key in old.binaries.keys() & new.binaries.keys():
+            as_bin, as_par = new.binaries[key]
+            self._maps["binaries"].update(_trie_key(key, LPM_DATA), _u64(as_bin) + _u64(as_par))
+        self._rewrite_procs(new, keep_bits=0)
+        for slot in old.rules:
+            self._maps["rules"].update(_u32(slot), bytes(self._maps["rules"].value_size))
+        self.live, self.generation = new, new_gen
+
+    def seed_processes(self) -> int:
+        """Binary state of processes that were running before the exec hook was attached."""
+        compiled = self.live or Compiled()
+        added = 0
+        for name in os.listdir("/proc"):
+            if not name.isdigit():
+                continue
+            try:
+                exe = os.readlink(f"/proc/{name}/exe").removesuffix(" (deleted)")
+            except OSError:
+                continue  # kernel thread, or gone
+            state = np.zeros(1, PROC_STATE)[0]
+            state["masks"]["as_binary"], state["masks"]["as_parent"] = compiled.binary_masks(exe)
+            state["binary"] = exe.encode()[: LPM_DATA - 1]
+            try:  # an entry the exec hook wrote meanwhile is fresher: keep it
+                self._maps["procs"].update(_u32(int(name)), state.tobytes(), BPF_NOEXIST)
+                added += 1
+            except BpfError:
+                continue
+        return added
+
+    def rule_stats(self, slot: int) -> np.void:
+        raw = self._maps["stats"].lookup(_u32(slot))
+        values = np.frombuffer(raw, dtype=RULE_STATS, count=possible_cpus()) if raw else np.zeros(1, RULE_STATS)
+        total = np.zeros(1, RULE_STATS)[0]
+        for field in RULE_STATS.names:
+            total[field] = values[field].sum()
+        return total
+
+    def _clear_slot_counters(self, slot: int) -> None:
+        self._maps["stats"].update(_u32(slot), bytes(RULE_STATS.itemsize * possible_cpus()))
+        self._maps["rates"].update(_u32(slot), bytes(16))
+
+    def _rewrite_procs(self, new: Compiled, keep_bits: int) -> None:
+        procs = self._maps["procs"]
+        for key in procs.keys():
+            raw = procs.lookup(key)
+            if raw is None:
+                continue  # exited meanwhile
+            state = np.frombuffer(raw, dtype=PROC_STATE, count=1)[0].copy()
+            as_bin, as_par = new.binary_masks(state["binary"].split(b"\0", 1)[0].decode("utf-8", "replace"))
+            state["masks"]["as_binary"] = (int(state["masks"]["as_binary"]) & keep_bits) | as_bin
+            state["masks"]["as_parent"] = (int(state["masks"]["as_parent"]) & keep_bits) | as_par
+            try:  # BPF_EXIST: a process that exited meanwhile stays gone
+                procs.update(key, state.tobytes(), BPF_EXIST)
+            except BpfError:
+                continue

@@ -1,0 +1,298 @@
+"""HTTP sensor: SERVER and CLIENT spans and RED metrics for every process's HTTP/1.x traffic,
+from syscall tracepoints, and for TLS through uprobes on libssl. No change to any application.
+
+bpf/http.bpf.c copies the first bytes of socket messages that start like HTTP/1.x (and marks
+the close of sockets that carried HTTP) into one ring buffer; here the ring is drained in
+bulk, the events are paired into spans (sensors.http_tracker), the spans go to the sink with
+a resource per process, and their durations to the http.{server,client}.request.duration
+histograms.
+"""
+
+from __future__ import annotations
+
+import collections
+import fnmatch
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from otelbpf.kernel import BpfObject, Program
+from otelbpf.kernel.errors import BpfError
+from otelbpf.kernel.ringbuf import RingBufferReader
+from otelbpf.sensors import http_events as he
+from otelbpf.sensors.clock import monotonic_to_unix_offset
+from otelbpf.sensors.http_tracker import CompletedSpan, HttpTracker, Message
+from otelbpf.sensors.network import socket_owners
+from otelbpf.signals.model import Resource, SpanBatch, SpanKind
+from otelbpf.signals.registry import Registry
+
+BPF_OBJECT = Path(__file__).resolve().parent.parent / "bpf" / "http.bpf.o"
+SCOPE = "otelbpf.sensors.http"
+LIBSSL = "/usr/lib/x86_64-linux-gnu/libssl.so.3"
+# Semantic-convention buckets of http.{server,client}.request.duration.
+DURATION_BOUNDS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10)
+SELECTION_INTERVAL = 5.0  # seconds between re-reads of which processes match the selection
+KEEP_RECENT = 4096        # finished spans kept for live views and tests
+SSL_FUNCTIONS = (("SSL_read", "ssl_rw_enter", "ssl_read_exit"), ("SSL_write", "ssl_rw_enter", "ssl_write_exit"),
+                 ("SSL_read_ex", "ssl_rw_ex_enter", "ssl_read_exit"),
+                 ("SSL_write_ex", "ssl_rw_ex_enter", "ssl_write_exit"))
+KERNEL_COUNTS = {he.COUNT_RING_FULL: "ring_buffer_full", he.COUNT_READS_FULL: "read_table_full"}
+
+
+def parse_ports(spec: str) -> frozenset[int]:
+    """"80,443,8000-8999" -> the ports; raises ValueError naming the bad part."""
+    ports: set[int] = set()
+    for part in (p.strip() for p in spec.split(",")):
+        if not part:
+            continue
+        low, _, high = part.partition("-")
+        if not low.isdigit() or (high and not high.isdigit()):
+            raise ValueError(f"{part!r} is not a port or a range like 8000-8999")
+        first, last = int(low), int(high or low)
+        if not 0 < first <= last <= 65535:
+            raise ValueError(f"{part!r} is outside 1-65535 or reversed")
+        ports.update(range(first, last + 1))
+    return frozenset(ports)
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which processes to trace (OBI-like): any open port in `ports` or an executable path
+    matching `executable` (a glob on the full path or the name). Empty: every process."""
+
+    ports: frozenset[int] = frozenset()
+    executable: str | None = None
+
+    @property
+    def everything(self) -> bool:
+        return not self.ports and not self.executable
+
+    def pids(self, proc: str = "/proc") -> set[int]:
+        selected = set(self._pids_by_port(proc)) if self.ports else set()
+        if self.executable:
+            for entry in os.scandir(proc):
+                if not entry.name.isdigit():
+                    continue
+                try:
+                    path = os.readlink(f"{entry.path}/exe")
+                except OSError:
+                    continue
+                if fnmatch.fnmatch(path, self.executable) or fnmatch.fnmatch(os.path.basename(path), self.executable):
+                    selected.add(int(entry.name))
+        return selected
+
+    def _pids_by_port(self, proc: str) -> set[int]:
+        """Processes with a TCP socket listening on, or connected to, one of the ports."""
+        inodes: set[int] = set()
+        for table in ("tcp", "tcp6"):
+            try:
+                lines = Path(f"{proc}/net/{table}").read_text().splitlines()[1:]
+            except OSError:
+                continue
+            for line in lines:
+                fields = line.split()
+                local_port = int(fields[1].rsplit(":", 1)[1], 16)
+                peer_port = int(fields[2].rsplit(":", 1)[1], 16)
+                listening = fields[3] == "0A"
+                if (local_port in self.ports and listening) or (peer_port in self.ports and not listening):
+                    inodes.add(int(fields[9]))
+        return set(socket_owners(inodes, proc).values())
+
+
+class HttpSensor:
+    name = "http"
+
+    def __init__(self, emit: Callable[[SpanBatch], None], registry: Registry, resource: Resource, *,
+                 capture_bytes: int = 256, selection: Selection = Selection(), tls: bool = True,
+                 ringbuf_bytes: int = 4 << 20, bpf_object: Path = BPF_OBJECT, libssl: str = LIBSSL):
+        if not 16 <= capture_bytes <= he.MAX_CAPTURE:
+            raise ValueError(f"capture_bytes must be within 16..{he.MAX_CAPTURE}, got {capture_bytes}")
+        self._emit = emit
+        self._resource = resource
+        self._capture_bytes = capture_bytes
+        self._selection = selection
+        self._tls = tls
+        self._ringbuf_bytes = ringbuf_bytes
+        self._bpf_object = bpf_object
+        self._libssl = libssl
+        self._obj: BpfObject | None = None
+        self._reader: RingBufferReader | None = None
+        self._next_selection = 0.0
+        self._selected: set[int] = set()
+        self._pending: list[CompletedSpan] = []
+        self._resources: dict[int, Resource] = {}
+        self.tls_attached = False
+        self.recent: collections.deque[CompletedSpan] = collections.deque(maxlen=KEEP_RECENT)
+        self._tracker = HttpTracker(self._pending.append, monotonic_to_unix_offset())
+
+        r = registry
+        self._events = r.counter("otelbpf.sensor.events", "Events read from the kernel", "{event}")
+        self._drops = r.counter("otelbpf.sensor.dropped", "Events the kernel could not queue or store", "{event}")
+        self._ignored = r.counter("otelbpf.http.ignored", "Socket messages not taken as HTTP, by reason", "{message}")
+        self._spans = r.counter("otelbpf.http.spans", "HTTP spans produced", "{span}")
+        self._server = r.histogram("http.server.request.duration", "Duration of HTTP server requests", "s",
+                                   DURATION_BOUNDS)
+        self._client = r.histogram("http.client.request.duration", "Duration of HTTP client requests", "s",
+                                   DURATION_BOUNDS)
+        self._reported: dict[str, int] = {}
+
+    # -- lifecycle ------------------------------------------------------------------------
+    def start(self) -> None:
+        obj = BpfObject(self._bpf_object)
+        try:
+            obj.check_layout("http_event", he.HTTP_EVENT)
+            obj.set_rodata(capture_bytes=self._capture_bytes, self_pid=os.getpid(),
+                           filter_pids=int(not self._selection.everything))
+            obj.maps["http_events"].set_max_entries(self._ringbuf_bytes)
+            obj.load()
+            self._reader = RingBufferReader(obj.maps["http_events"])
+            for prog in obj.programs.values():
+                if prog.section.startswith("tracepoint/"):
+                    prog.attach()
+            self._obj = obj
+            if not self._selection.everything:
+                self._refresh_selection()
+            if self._tls:
+                self._attach_ssl(obj)
+        except BaseException:
+            self._obj = None
+            obj.close()
+            raise
+
+    def _attach_ssl(self, obj: BpfObject) -> None:
+        """TLS is optional: without libssl (or its symbols) plain HTTP is still traced."""
+        if not os.path.exists(self._libssl):
+            return
+        try:
+            for function, enter, leave in SSL_FUNCTIONS:
+                obj.programs[enter].attach_uprobe(self._libssl, function)
+                obj.programs[leave].attach_uprobe(self._libssl, function, retprobe=True)
+        except BpfError:
+            return
+        self.tls_attached = True
+
+    def programs(self) -> list[Program]:
+        return list(self._obj.programs.values()) if self._obj else []
+
+    def poll(self, timeout: float) -> int:
+        if self._obj is None:
+            return 0
+        self._reader.wait(timeout)
+        n = self._drain()
+        if not self._selection.everything and time.monotonic() >= self._next_selection:
+            self._refresh_selection()
+        return n
+
+    def stop(self) -> None:
+        if self._obj is None:
+            return
+        self._obj.detach_all()
+        self._drain()
+        self._reader.close()
+        self._obj.close()
+        self._obj = None
+
+    # -- draining -------------------------------------------------------------------------
+    def _drain(self) -> int:
+        batch = self._reader.read()
+        n = len(batch)
+        if n:
+            self._events.add(n, {"sensor": self.name})
+            heads = batch.fixed(he.HTTP_EVENT)
+            columns = [heads[f].tolist() for f in ("ktime_ns", "sock", "pid", "tid", "direction", "source",
+                                                   "family", "local_port", "peer_port", "captured")]
+            local, peer = heads["local_addr"].tolist(), heads["peer_addr"].tolist()
+            # Name processes now, while short-lived clients (curl) are still there to be read.
+            for pid in set(columns[2]) - self._resources.keys():
+                self._process_resource(pid, bytes(heads["comm"][columns[2].index(pid)]))
+            data, offsets = batch.data, batch.offsets.tolist()
+            head_size = he.HTTP_EVENT.itemsize
+            feed = self._tracker.feed
+            for i, (ktime, sock, pid, tid, direction, source, family, lport, pport, captured) in \
+                    enumerate(zip(*columns)):
+                start = offsets[i] + head_size
+                feed(Message(ktime, sock, pid, tid, direction, source == he.HTTP_SOURCE_SSL, family,
+                             local[i], lport, peer[i], pport, data[start:start + captured].tobytes()))
+        self._account()
+        if self._pending:
+            self._export(self._pending)
+            self._pending.clear()
+        return n
+
+    def _export(self, done: list[CompletedSpan]) -> None:
+        by_pid: dict[int, list] = collections.defaultdict(list)
+        for c in done:
+            by_pid[c.pid].append(c.span)
+            attrs = {"http.request.method": c.method, "url.scheme": c.scheme,
+                     "process.executable.name": self.service_name(c.pid)}
+            if c.status is not None:
+                attrs["http.response.status_code"] = c.status
+            if c.error_type:
+                attrs["error.type"] = c.error_type
+            if c.span.kind is SpanKind.SERVER:
+                attrs["http.route"] = c.route
+                self._server.record(c.duration_s, attrs)
+            else:
+                attrs["server.address"] = c.span.attributes["server.address"]
+                self._client.record(c.duration_s, attrs)
+        self.recent.extend(done)
+        self._spans.add(len(done), {"sensor": self.name})
+        for pid, spans in by_pid.items():
+            self._emit(SpanBatch(self._process_resource(pid), SCOPE, spans))
+
+    def _account(self) -> None:
+        """Kernel drop counters and the tracker's skips into the registry, as deltas."""
+        totals = {"parse_failed": self._tracker.unparsed, "no_request_seen": self._tracker.unmatched,
+                  "evicted": self._tracker.evicted}
+        counts = self._obj.maps["http_counts"] if self._obj else None
+        if counts is not None:
+            totals["not_http"] = int(counts.percpu_u64(he.COUNT_NOT_HTTP.to_bytes(4, "little")).sum())
+            for index, reason in KERNEL_COUNTS.items():
+                total = int(counts.percpu_u64(index.to_bytes(4, "little")).sum())
+                seen = self._reported.get(reason, 0)
+                if total > seen:
+                    self._drops.add(total - seen, {"sensor": self.name, "reason": reason})
+                    self._reported[reason] = total
+        for reason, total in totals.items():
+            seen = self._reported.get(reason, 0)
+            if total > seen:
+                self._ignored.add(total - seen, {"reason": reason})
+                self._reported[reason] = total
+
+    # -- selection and resources ----------------------------------------------------------
+    def _refresh_selection(self) -> None:
+        pids = self._selection.pids()
+        selected_map = self._obj.maps["selected_pids"]
+        for pid in self._selected - pids:
+            selected_map.delete(pid.to_bytes(4, "little"))
+        for pid in pids - self._selected:
+            selected_map.update(pid.to_bytes(4, "little"), b"\x01")
+        self._selected = pids
+        self._next_selection = time.monotonic() + SELECTION_INTERVAL
+
+    def service_name(self, pid: int) -> str:
+        resource = self._process_resource(pid)
+        return str(dict(resource.attributes).get("service.name", "unknown"))
+
+    def _process_resource(self, pid: int, comm: bytes = b"") -> Resource:
+        """The host's resource plus the process: service.name is the executable's name
+        (the kernel's comm when the process is already gone)."""
+        resource = self._resources.get(pid)
+        if resource is None:
+            try:
+                path = os.readlink(f"/proc/{pid}/exe")
+            except OSError:
+                path = ""
+            name = os.path.basename(path) or comm.rstrip(b"\0").decode("utf-8", "replace") or "unknown"
+            attrs = {**self._resource.as_dict(), "service.name": name, "process.pid": pid,
+                     "process.executable.name": name}
+            if path:
+                attrs["process.executable.path"] = path
+            if len(self._resources) >= 4 * KEEP_RECENT:
+                self._resources.clear()
+            resource = self._resources[pid] = Resource.of(attrs)
+        return resource

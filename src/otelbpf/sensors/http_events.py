@@ -1,0 +1,19 @@
+"""Python mirror of struct http_event in bpf/events.h, checked against BTF at load."""
+
+from __future__ import annotations
+
+import numpy as np
+
+HTTP_EGRESS, HTTP_INGRESS, HTTP_CLOSE = 0, 1, 2
+HTTP_SOURCE_SYSCALL, HTTP_SOURCE_SSL = 0, 1
+MAX_CAPTURE = 8192  # OTELBPF_HTTP_MAX_CAPTURE
+
+HTTP_EVENT = np.dtype([
+    ("ktime_ns", "<u8"), ("sock", "<u8"), ("pid", "<u4"), ("tid", "<u4"), ("fd", "<u4"), ("size", "<u4"),
+    ("captured", "<u2"), ("direction", "u1"), ("source", "u1"), ("family", "<u2"), ("local_port", "<u2"),
+    ("peer_port", "<u2"), ("_pad", "<u2"), ("local_addr", "V16"), ("peer_addr", "V16"), ("comm", "S16"),
+    ("_pad2", "<u4"),
+])
+
+# Indexes of the kernel's per-CPU counters (http_counts in http.bpf.c).
+COUNT_RING_FULL, COUNT_NOT_HTTP, COUNT_READS_FULL = range(3)

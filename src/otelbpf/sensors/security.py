@@ -1,0 +1,195 @@
+"""Security sensor: policies matched in the kernel, matches as OTLP log records.
+
+Policies (YAML, otelbpf.security.policy) compile into the maps of bpf/security.bpf.o; only
+matches reach the ring buffer. reload() replaces the policy set while the programs stay
+attached (see security.loader), so no event is lost across a reload. Per-policy counters
+of matches, signals sent, events held back by a rate limit and events lost to a full ring
+buffer are read from the kernel's per-rule counters at every poll.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from otelbpf.enrich.containers import CgroupResolver, container_id_from_cgroup
+from otelbpf.kernel import BpfObject, Program
+from otelbpf.kernel.features import TRACEFS
+from otelbpf.kernel.ringbuf import RingBufferReader
+from otelbpf.security import events as ev
+from otelbpf.security.compiler import RuleInfo, compile_policies
+from otelbpf.security.hooks import HOOKS, PROCESS_PROGRAMS
+from otelbpf.security.loader import PolicyMaps
+from otelbpf.security.policy import Policy
+from otelbpf.sensors.clock import monotonic_to_unix_offset
+from otelbpf.sensors.proctable import read_boot_id
+from otelbpf.signals.model import LogBatch, Resource
+from otelbpf.signals.registry import Registry
+
+BPF_OBJECT = Path(__file__).resolve().parent.parent / "bpf" / "security.bpf.o"
+SCOPE = "otelbpf.sensors.security"
+STAT_COUNTERS = {"matches": "otelbpf.security.matches", "actions": "otelbpf.security.actions",
+                 "limited": "otelbpf.security.rate_limited", "lost": "otelbpf.security.lost"}
+
+
+def host_pidns() -> int:
+    return os.stat("/proc/self/ns/pid").st_ino
+
+
+def unavailable_hooks() -> dict[str, str]:
+    """Hooks whose tracepoints this kernel lacks, with the reason."""
+    out = {}
+    for name, hook in HOOKS.items():
+        missing = [p.removeprefix("sec_") for p in hook.programs
+                   if not (TRACEFS / "events" / "syscalls" / f"sys_enter_{p.removeprefix('sec_')}").is_dir()]
+        if len(missing) == len(hook.programs):
+            out[name] = (f"this kernel has no syscalls:sys_enter_{missing[0]} tracepoint"
+                         + (" (built without module support)" if name == "module_load" else ""))
+    return out
+
+
+class SecuritySensor:
+    name = "security"
+
+    def __init__(self, emit: Callable[[LogBatch], None], registry: Registry, resource: Resource,
+                 policies: list[Policy], *, enforce: bool = False, keep_secret_args: bool = False,
+                 ringbuf_bytes: int = 1 << 20, bpf_object: Path = BPF_OBJECT):
+        self._emit = emit
+        self._resource = resource
+        self._policies = policies
+        self._enforce = enforce
+        self._keep_secret_args = keep_secret_args
+        self._ringbuf_bytes = ringbuf_bytes
+        self._bpf_object = bpf_object
+        self._obj: BpfObject | None = None
+        self._maps: PolicyMaps | None = None
+        self._reader: RingBufferReader | None = None
+        self._infos: dict[int, RuleInfo] = {}
+        self._reported: dict[int, np.void] = {}
+        self._lock = threading.Lock()  # poll and reload come from different threads
+        self._boot_id = read_boot_id()
+        self._clock_offset = monotonic_to_unix_offset()
+        self._host_pidns = host_pidns()
+        self._cgroups = CgroupResolver()
+        self._events = registry.counter("otelbpf.sensor.events", "Events read from the kernel", "{event}")
+        self._counters = {k: registry.counter(name, f"Security rule {k} per policy", "{event}")
+                          for k, name in STAT_COUNTERS.items()}
+
+    @property
+    def policies(self) -> list[Policy]:
+        return list(self._policies)
+
+    # -- lifecycle ------------------------------------------------------------------------
+    def start(self) -> None:
+        skip = unavailable_hooks()
+        compiled = compile_policies(self._policies, enforce=self._enforce, unavailable_hooks=skip)
+        obj = BpfObject(self._bpf_object)
+        try:
+            obj.check_layout("security_event", ev.SECURITY_EVENT)
+            obj.set_rodata(host_pidns=self._host_pidns)
+            obj.maps["security_events"].set_max_entries(self._ringbuf_bytes)
+            for name, hook in HOOKS.items():
+                for prog in hook.programs:
+                    tracepoint = prog.removeprefix("sec_")
+                    obj.programs[prog].autoload = (TRACEFS / "events" / "syscalls" /
+                                                   f"sys_enter_{tracepoint}").is_dir()
+            obj.load()
+            self._maps = PolicyMaps(obj)
+            self._maps.apply(compiled)
+            self._infos.update(compiled.infos)
+            self._reader = RingBufferReader(obj.maps["security_events"], ev.SECURITY_EVENT.itemsize)
+            for prog in PROCESS_PROGRAMS:
+                obj.programs[prog].attach()
+            self._maps.seed_processes()  # after the exec hook is on: no process falls between
+            for prog in obj.programs.values():
+                if prog.autoload and prog.name not in PROCESS_PROGRAMS:
+                    prog.attach()
+        except BaseException:
+            obj.close()
+            raise
+        self._obj = obj
+
+    def reload(self, policies: list[Policy], *, enforce: bool | None = None) -> None:
+        """Replace the policy set (and the enforce switch when given); raises PolicyError and
+        keeps the old set if the new one is invalid."""
+        with self._lock:
+            if enforce is not None:
+                self._enforce = enforce
+            if self._maps is None:
+                self._policies = policies
+                return
+            compiled = compile_policies(policies, first_slot=self._maps.next_first_slot(), enforce=self._enforce,
+                                        unavailable_hooks=unavailable_hooks())
+            self._infos.update(compiled.infos)
+            self._account_stats()
+            old_slots = list(self._maps.live.rules) if self._maps.live else []
+            self._maps.apply(compiled)
+            self._account_stats(old_slots)
+            for slot in old_slots:
+                self._reported.pop(slot, None)
+            self._policies = policies
+
+    def programs(self) -> list[Program]:
+        return [p for p in self._obj.programs.values() if p.autoload] if self._obj else []
+
+    def poll(self, timeout: float) -> int:
+        if self._reader is None:
+            return 0
+        n = 0
+        if self._reader.wait(timeout):
+            n = self._decode()
+        with self._lock:
+            self._account_stats()
+        return n
+
+    def stop(self) -> None:
+        if self._obj is None:
+            return
+        self._obj.detach_all()
+        if self._reader is not None:
+            self._decode()
+            self._account_stats()
+            self._reader.close()
+            self._reader = None
+        self._obj.close()
+        self._obj = None
+
+    # -- decoding -------------------------------------------------------------------------
+    def _decode(self) -> int:
+        batch = self._reader.read()
+        records = batch.fixed(ev.SECURITY_EVENT)
+        if not len(records):
+            return 0
+        self._events.add(len(records), {"sensor": self.name})
+        out = []
+        for e in records:
+            info = self._infos.get(int(e["rule"]))
+            if info is None:
+                continue  # a slot cleared before this event was read: cannot name its policy
+            cgroup = self._cgroups.resolve(int(e["cgroup_id"]))
+            out.append(ev.to_record(e, info, boot_id=self._boot_id, clock_offset=self._clock_offset,
+                                    host_pidns=self._host_pidns,
+                                    container_id=container_id_from_cgroup(cgroup) if cgroup else None,
+                                    keep_secret_args=self._keep_secret_args))
+        if out:
+            self._emit(LogBatch(self._resource, SCOPE, out))
+        return len(out)
+
+    def _account_stats(self, slots: list[int] | None = None) -> None:
+        if self._maps is None:
+            return
+        for slot in slots if slots is not None else list(self._maps.live.rules if self._maps.live else []):
+            info = self._infos.get(slot)
+            total = self._maps.rule_stats(slot)
+            last = self._reported.get(slot)
+            self._reported[slot] = total
+            for field, counter in self._counters.items():
+                delta = int(total[field]) - (int(last[field]) if last is not None else 0)
+                if delta > 0 and info is not None:
+                    counter.add(delta, {"otelbpf.security.policy": info.policy,
+                                        "otelbpf.security.action": info.action})
+

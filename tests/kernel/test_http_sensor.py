@@ -1,0 +1,165 @@
+"""The HTTP sensor against a Python HTTP/1.1 server the test starts: keep-alive, pipelining,
+chunked, HEAD, 100-continue, a 1 MB response, a close mid-response, and curl's client spans.
+The test process itself is the agent (its own traffic is not traced), so it can play clients
+whose server spans are checked; curl plays the client whose CLIENT spans are checked."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from otelbpf.sensors.base import running
+from otelbpf.sensors.http import DURATION_BOUNDS, HttpSensor, Selection, parse_ports
+from otelbpf.signals.model import Resource, SpanKind, StatusCode
+from otelbpf.signals.registry import Registry
+from tests.conftest import require_tool
+
+SERVER = textwrap.dedent("""
+    import sys, time
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+        def log_message(self, *args): pass
+        def _body(self, status, body):
+            self.send_response(status)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(body)
+        def do_HEAD(self): self._body(200, b"x" * 10)
+        def do_POST(self):
+            self.rfile.read(int(self.headers["Content-Length"]))
+            self._body(201, b"made")
+        def do_GET(self):
+            if self.path == "/chunked":
+                self.send_response(200)
+                self.send_header("Transfer-Encoding", "chunked")
+                self.end_headers()
+                for part in (b"hello", b"world"):
+                    self.wfile.write(b"%x\\r\\n%s\\r\\n" % (len(part), part))
+                self.wfile.write(b"0\\r\\n\\r\\n")
+            elif self.path == "/big":
+                self._body(200, b"y" * (1 << 20))
+            elif self.path == "/hangup":
+                self.wfile.flush(); self.connection.shutdown(2); self.close_connection = True
+            else:
+                self._body(404 if "missing" in self.path else 200, b"ok")
+
+    ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Handler).serve_forever()
+""")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def server():
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-c", SERVER, str(port)])
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            break
+        except OSError:
+            time.sleep(0.05)
+    yield proc, port
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+def spans_of(batches, pid: int, kind: SpanKind) -> list:
+    return sorted((s for b in batches if dict(b.resource.attributes).get("process.pid") == pid
+                   for s in b.spans if s.kind is kind), key=lambda s: s.start_time_unix_nano)
+
+
+def exchange(port: int, payload: bytes, expect_responses: int) -> bytes:
+    """Sends payload on one connection and reads until expect_responses status lines came."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(payload)
+        data = b""
+        deadline = time.monotonic() + 5
+        while data.count(b"HTTP/1.1 ") < expect_responses and time.monotonic() < deadline:
+            chunk = s.recv(1 << 20)
+            if not chunk:
+                break
+            data += chunk
+        return data
+
+
+def test_keep_alive_pipelining_chunked_head_continue_big(server):
+    proc, port = server
+    batches: list = []
+    registry = Registry()
+    with running(HttpSensor(batches.append, registry, Resource.of({"host.name": "t"}))):
+        pipelined = b"".join(f"GET /p/{i} HTTP/1.1\r\nHost: a\r\n\r\n".encode() for i in range(5))
+        exchange(port, pipelined, 5)
+        exchange(port, b"GET /chunked HTTP/1.1\r\nHost: a\r\n\r\nHEAD /h HTTP/1.1\r\nHost: a\r\n\r\n", 2)
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:  # 100-continue, then the body
+            s.sendall(b"POST /up HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 4\r\n\r\n")
+            assert s.recv(4096).startswith(b"HTTP/1.1 100")
+            s.sendall(b"body")
+            assert b"201" in s.recv(4096)
+        exchange(port, b"GET /big HTTP/1.1\r\nHost: a\r\n\r\nGET /missing/7 HTTP/1.1\r\nHost: a\r\n\r\n", 2)
+        time.sleep(0.3)
+    spans = spans_of(batches, proc.pid, SpanKind.SERVER)
+    got = [(s.attributes["url.path"], s.attributes.get("http.response.status_code")) for s in spans]
+    assert sorted(got) == sorted([(f"/p/{i}", 200) for i in range(5)] + [
+        ("/chunked", 200), ("/h", 200), ("/up", 201), ("/big", 200), ("/missing/7", 404)])
+    assert {s.attributes["http.route"] for s in spans if s.attributes["url.path"].startswith("/p/")} == {"/p/{id}"}
+    assert all(s.end_time_unix_nano >= s.start_time_unix_nano for s in spans)
+    assert all(s.status_code is StatusCode.UNSET for s in spans)  # 404 is no server error
+    points = [p for p in registry.histogram("http.server.request.duration", "", "s", DURATION_BOUNDS).points()
+              if p.attributes["process.executable.name"].startswith("python")]
+    assert sum(p.count for p in points) == len(spans)
+
+
+def test_curl_client_spans_and_a_hangup(server):
+    proc, port = server
+    curl = require_tool("curl")
+    batches: list = []
+    with running(HttpSensor(batches.append, Registry(), Resource.of({"host.name": "t"}))):
+        for i in range(3):
+            subprocess.run([curl, "-s", "-o", "/dev/null", f"http://127.0.0.1:{port}/c/{i}"], check=True, timeout=10)
+        subprocess.run([curl, "-s", "-o", "/dev/null", f"http://127.0.0.1:{port}/hangup"], timeout=10)
+        time.sleep(0.3)
+    clients = sorted((s for b in batches if dict(b.resource.attributes)["service.name"] == "curl"
+                      for s in b.spans if s.attributes.get("server.port") == port), key=lambda s: s.start_time_unix_nano)
+    assert [s.kind for s in clients] == [SpanKind.CLIENT] * 4
+    assert [s.attributes["url.full"] for s in clients[:3]] == [f"http://127.0.0.1:{port}/c/{i}" for i in range(3)]
+    assert clients[3].attributes["error.type"] == "connection_closed"
+    servers = spans_of(batches, proc.pid, SpanKind.SERVER)
+    assert [s.attributes["url.path"] for s in servers] == ["/c/0", "/c/1", "/c/2", "/hangup"]
+
+
+def test_selection_by_port_traces_only_the_selected_server(server):
+    proc, port = server
+    other_proc = subprocess.Popen([sys.executable, "-c", SERVER, str(other := free_port())])
+    try:
+        time.sleep(0.5)
+        batches: list = []
+        selection = Selection(parse_ports(f"{port}"))
+        with running(HttpSensor(batches.append, Registry(), Resource.of({}), selection=selection)):
+            exchange(port, b"GET /yes HTTP/1.1\r\nHost: a\r\n\r\n", 1)
+            exchange(other, b"GET /no HTTP/1.1\r\nHost: a\r\n\r\n", 1)
+            time.sleep(0.3)
+        paths = {s.attributes.get("url.path") for b in batches for s in b.spans}
+        assert "/yes" in paths and "/no" not in paths
+    finally:
+        other_proc.terminate()
+        other_proc.wait(timeout=10)
+
+
+def test_parse_ports_errors_name_the_part():
+    assert parse_ports("80,443,8000-8002") == {80, 443, 8000, 8001, 8002}
+    with pytest.raises(ValueError, match="'9-1'"):
+        parse_ports("9-1")
