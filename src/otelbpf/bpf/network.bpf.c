@@ -373,10 +373,15 @@ static __always_inline int load_udp(struct __sk_buff *skb, struct flow_endpoints
 	struct udphdr udp;
 	__u32 off;
 
+	__u8 proto;
+
+	/* Most packets are TCP: look at the one protocol byte before loading a whole header. */
 	if (skb->protocol == bpf_htons(ETH_P_IP)) {
 		struct iphdr ip;
 
-		if (bpf_skb_load_bytes(skb, 0, &ip, sizeof(ip)) || ip.protocol != IPPROTO_UDP)
+		if (bpf_skb_load_bytes(skb, offsetof(struct iphdr, protocol), &proto, 1) || proto != IPPROTO_UDP)
+			return -1;
+		if (bpf_skb_load_bytes(skb, 0, &ip, sizeof(ip)))
 			return -1;
 		__builtin_memcpy(src, &ip.saddr, 4);
 		__builtin_memcpy(dst, &ip.daddr, 4);
@@ -385,7 +390,9 @@ static __always_inline int load_udp(struct __sk_buff *skb, struct flow_endpoints
 	} else if (skb->protocol == bpf_htons(ETH_P_IPV6)) {
 		struct ipv6hdr ip6;
 
-		if (bpf_skb_load_bytes(skb, 0, &ip6, sizeof(ip6)) || ip6.nexthdr != IPPROTO_UDP)
+		if (bpf_skb_load_bytes(skb, offsetof(struct ipv6hdr, nexthdr), &proto, 1) || proto != IPPROTO_UDP)
+			return -1;
+		if (bpf_skb_load_bytes(skb, 0, &ip6, sizeof(ip6)))
 			return -1;
 		__builtin_memcpy(src, &ip6.saddr, 16);
 		__builtin_memcpy(dst, &ip6.daddr, 16);
