@@ -54,6 +54,29 @@ class AgentError(Exception):
     """The agent cannot run here; the message says why and what to do."""
 
 
+def profiles_endpoint(cfg: AgentConfig) -> str | None:
+    """Where `otelbpf run` sends OTLP profiles (OTLP/HTTP, /v1development/profiles): the
+    profile section's otlp_endpoint, else the collector's endpoint; a gRPC endpoint on the
+    standard port 4317 becomes the same host's OTLP/HTTP port 4318. None: not exported."""
+    if cfg.profile.otlp_endpoint:
+        return cfg.profile.otlp_endpoint
+    if not cfg.otlp_endpoint:
+        return None
+    endpoint = cfg.otlp_endpoint if "://" in cfg.otlp_endpoint else f"http://{cfg.otlp_endpoint}"
+    if cfg.otlp_protocol == "grpc":
+        from urllib.parse import urlsplit
+        parts = urlsplit(endpoint)
+        if parts.port == 4317:
+            endpoint = parts._replace(netloc=parts.netloc.rsplit(":", 1)[0] + ":4318").geturl()
+    return endpoint
+
+
+def profiles_retry(cfg: AgentConfig):
+    """The exporters' backoff (RetrySettings) for the profiles export too."""
+    return OtlpSettings.from_env(os.environ, {"endpoint": cfg.otlp_endpoint or "http://localhost:4318",
+                                              "protocol": cfg.otlp_protocol}).retry
+
+
 def progress(message: str) -> None:
     print(f"otelbpf: {message}", file=sys.stderr, flush=True)
 
@@ -85,6 +108,7 @@ class Agent:
         self._reload = threading.Event()  # SIGHUP: load the security policies again
         self._policy_fingerprint: tuple = ()
         self._threads: list[threading.Thread] = []
+        self._profiles_exporter = None  # OTLP profiles from the profile sensor (with a collector)
 
     # -- start ----------------------------------------------------------------------------
     def start(self) -> None:
@@ -201,6 +225,13 @@ class Agent:
             if self.store_writer is not None:  # the embedded default: samples into the local store too
                 from otelbpf.store.profile_rows import also_to_store
                 emit = also_to_store(emit, self.store_writer, str(dict(self.resource.attributes).get("service.name", "")))
+            endpoint = profiles_endpoint(cfg)
+            if endpoint:  # the OTLP profiles signal, sent from its own thread with retries
+                from otelbpf.profiling.otlp import RetryingProfilesExporter
+                exporter = self._profiles_exporter = RetryingProfilesExporter(endpoint, self.resource,
+                                                                              profiles_retry(cfg))
+                progress(f"profiles to {exporter.url}")
+                emit = _both(emit, exporter)
             return ProfileSensor(emit, self.registry, hz=cfg.profile.hz, interval=cfg.profile.interval,
                                  max_stacks=cfg.profile.max_stacks)
         if name == "network":
@@ -325,6 +356,9 @@ class Agent:
                 log.exception("stopping sensor %s", sensor.name)
         self.export_metrics()
         self.sensors.clear()
+        if self._profiles_exporter is not None:  # after the sensors: their last profile is queued
+            self._profiles_exporter.shutdown(timeout)
+            self._profiles_exporter = None
         if self.sink is not None:
             self.sink.shutdown(timeout)
             self.sink = None
@@ -340,3 +374,10 @@ class Agent:
         if self.store_writer is not None:
             self.store_writer.close(timeout)  # after the receiver: it wrote the last batches
             self.store_writer = None
+
+
+def _both(first: Callable, second: Callable) -> Callable:
+    def emit(profile) -> None:
+        first(profile)
+        second(profile)
+    return emit

@@ -63,7 +63,7 @@ def _store_parsers(sub) -> None:
     query.add_argument("sql", help='e.g. "SELECT * FROM process_events LIMIT 10"')
     query.add_argument("--format", choices=["table", "csv", "json"], default="table")
     for name, help_text in (("top", "executables by execs, exits and failures (or by network bytes)"),
-                            ("events", "the latest process events"),
+                            ("events", "the latest process events; --security: security policy matches, one line each"),
                             ("map", "service map edges: client -> server, connections and bytes")):
         view = with_store(name, help_text)
         view.add_argument("--window", type=float, metavar="SECONDS", help="only this many seconds back (default: all)")
@@ -71,6 +71,18 @@ def _store_parsers(sub) -> None:
         if name == "top":
             view.add_argument("--by", choices=["execs", "bytes"], default="execs",
                               help="execs: process lifecycle; bytes: network bytes per executable")
+        if name == "events":
+            view.add_argument("--security", action="store_true",
+                              help="security policy matches, one compact line each (policy, action, process "
+                                   "and ancestry, syscall, argument)")
+            view.add_argument("--all", action="store_true", dest="all_kinds",
+                              help="security matches and process exec/exit, one compact line each")
+            view.add_argument("--follow", "-f", action="store_true",
+                              help="keep printing events as they arrive (Ctrl-C stops)")
+            view.add_argument("--duration", type=float, metavar="SECONDS", help="with --follow: stop after this long")
+            view.add_argument("--jsonl", metavar="FILE",
+                              help="read the agent's JSON-lines file instead of the store (an agent exporting "
+                                   "to a collector keeps no store)")
     ui = with_store("ui", "serve the web UI over a store file (the running agent serves its own)")
     ui.add_argument("--address", default="127.0.0.1:0", metavar="HOST:PORT", help="loopback address (port 0: any free)")
 
@@ -178,6 +190,9 @@ def _add_profile_parser(sub) -> None:
                            ".folded; repeat for several")
     prof.add_argument("--baseline", metavar="FILE.folded",
                       help="folded stacks of an earlier run: flame graphs then show the difference")
+    prof.add_argument("--diff-window", type=float, metavar="SECONDS",
+                      help="flame graphs show the last SECONDS of the run against the time before them "
+                           "(two time windows; --duration 20 --diff-window 10: second half vs first half)")
     prof.add_argument("--otlp-endpoint", metavar="URL",
                       help="also send the profile as the OTLP profiles signal (Alpha) over HTTP to URL, "
                            "e.g. http://collector:4318")
@@ -203,6 +218,10 @@ def cmd_profile(args: argparse.Namespace) -> int:
     except (ValueError, OSError) as e:
         print(f"otelbpf profile: {e}", file=sys.stderr)
         return EXIT_USAGE
+    if args.diff_window is not None and (args.baseline or not 0 < args.diff_window < args.duration):
+        print("otelbpf profile: --diff-window must be above 0 and under --duration, and not with --baseline",
+              file=sys.stderr)
+        return EXIT_USAGE
     if not 1 <= args.hz <= 1000 or args.duration <= 0:
         print("otelbpf profile: --hz must be 1..1000 and --duration above 0", file=sys.stderr)
         return EXIT_USAGE
@@ -226,18 +245,31 @@ def cmd_profile(args: argparse.Namespace) -> int:
           f"for {args.duration:g} s (Ctrl-C ends early)", file=sys.stderr, flush=True)
     deadline = time.monotonic() + args.duration
     next_drain = time.monotonic() + 10  # bounded kernel maps: drain every 10 s
-    profile = None
+    profile = before = None
+    split = deadline - args.diff_window if args.diff_window else None  # --diff-window: the windows' border
     try:
         while not stop.is_set() and time.monotonic() < deadline:
-            profiler.poll(min(0.1, max(0.0, deadline - time.monotonic())))
-            if time.monotonic() >= next_drain:
+            profiler.poll(min(0.1, max(0.0, deadline - time.monotonic()), *([max(0.0, split - time.monotonic())]
+                                                                             if split else [])))
+            if split and time.monotonic() >= split:
+                before, profile, split = _merged(profile, profiler.collect()), None, None
+                next_drain = time.monotonic() + 10
+            elif time.monotonic() >= next_drain:
                 profile = _merged(profile, profiler.collect())
                 next_drain += 10
         profile = _merged(profile, profiler.collect())
     finally:
         profiler.stop()
+    if before is not None:  # flame graphs: the last window against the earlier one; other formats: all of it
+        baseline = folded.fold(before)
+        whole = _merged(before, profile)
     for path in args.out:
-        output.write(profile, path, f"CPU flame graph, {args.hz} Hz, {args.duration:g} s", baseline)
+        diffed = before is not None and output.format_of(path) in (".html", ".svg")
+        title = (f"CPU flame graph, {args.hz} Hz, last {args.diff_window:g} s vs the {args.duration - args.diff_window:g}"
+                 f" s before" if diffed else f"CPU flame graph, {args.hz} Hz, {args.duration:g} s")
+        output.write(profile if diffed or before is None else whole, path, title, baseline)
+    if before is not None:
+        profile = whole
     if args.otlp_endpoint:
         from otelbpf.enrich.host import host_resource
         from otelbpf.profiling.otlp import OtlpProfilesExporter
@@ -368,8 +400,37 @@ def cmd_map(args: argparse.Namespace) -> int:
 def cmd_events(args: argparse.Namespace) -> int:
     from otelbpf.store import queries
 
+    if args.security or args.all_kinds or args.follow or args.jsonl:
+        return _events_lines(args)
     return _with_reader(args, lambda db: _print_result(
         queries.process_events(db, args.window, args.limit), title="latest process events"))
+
+
+def _events_lines(args: argparse.Namespace) -> int:
+    """`otelbpf events --security/--all/--follow/--jsonl`: one compact line per event."""
+    from otelbpf.store import QueryError, StoreError
+    from otelbpf.store.client import open_reader
+    from otelbpf.store.queries import since_ns
+    from otelbpf.views import events
+
+    if args.all_kinds:
+        names = (events.SECURITY_EVENT, *events.PROCESS_EVENTS)
+    elif args.security or args.jsonl:
+        names = (events.SECURITY_EVENT,)
+    else:  # --follow alone: the process events this command lists by default
+        names = events.PROCESS_EVENTS
+    try:
+        events.run(lambda: open_reader(_store_path(args)), sys.stdout, since_ns=since_ns(args.window),
+                   limit=args.limit, names=names, follow=args.follow, duration=args.duration, jsonl=args.jsonl)
+    except KeyboardInterrupt:
+        pass
+    except QueryError as e:
+        print(f"otelbpf events: SQL error: {e}", file=sys.stderr)
+        return EXIT_FAILURE
+    except (StoreError, OSError) as e:
+        print(f"otelbpf events: {e}", file=sys.stderr)
+        return EXIT_FAILURE
+    return EXIT_OK
 
 
 def cmd_ui(args: argparse.Namespace) -> int:

@@ -93,6 +93,7 @@ class ProfileSensorConfig(_Model):
     interval: float = Field(10.0, ge=1, le=3600)  # seconds covered by each profile
     max_stacks: int = Field(16384, ge=256, le=262144)  # distinct stacks kept in the kernel per interval
     output_dir: str | None = None  # each profile as DIR/cpu-<time>.pb.gz (pprof); not written when None
+    otlp_endpoint: str | None = None  # OTLP/HTTP profiles endpoint; None: derived from otlp_endpoint when set
 
 
 class SecuritySensorConfig(_Model):

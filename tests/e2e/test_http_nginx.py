@@ -163,3 +163,33 @@ def test_https_gives_the_same_spans_as_plain_http(nginx):
                 span.attributes["http.response.status_code"]) == (method, uri, int(status))
     clients = [s for b in batches if dict(b.resource.attributes)["service.name"] == "curl" for s in b.spans]
     assert len([c for c in clients if c.attributes.get("url.scheme") == "https"]) == 7
+
+
+def test_otelbpf_http_once_prints_red_per_route_and_the_slowest(nginx):
+    """`otelbpf http --once --duration S`: the live view's one-shot mode, as a user runs it."""
+    import sys
+
+    _, port, _, _ = nginx
+    curl = require_tool("curl")
+    env = dict(os.environ, COLUMNS="200")
+    view = subprocess.Popen([sys.executable, "-m", "otelbpf", "http", "--once", "--duration", "4", "--top", "50"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        line = view.stderr.readline()  # printed once the BPF programs are attached
+        assert "watching" in line, line + view.stderr.read()
+        for _ in range(23):
+            subprocess.run([curl, "-s", "-o", "/dev/null", f"http://127.0.0.1:{port}/index.html"], check=True, timeout=10)
+        for i in range(7):
+            subprocess.run([curl, "-s", "-o", "/dev/null", f"http://127.0.0.1:{port}/missing/{i}"], check=True,
+                           timeout=10)
+        out, err = view.communicate(timeout=60)
+    finally:
+        if view.poll() is None:
+            view.kill()
+    assert view.returncode == 0, err
+    rows = [line.split("│") for line in out.splitlines() if "nginx" in line]
+    cells = [[c.strip() for c in row] for row in rows]
+    red = {row[2]: row[3] for row in cells if len(row) > 7 and row[2].startswith("GET ")}
+    assert red.get("GET /index.html") == "23", out
+    assert red.get("GET /missing/{id}") == "7", out
+    assert "Slowest requests" in out

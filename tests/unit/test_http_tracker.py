@@ -113,3 +113,38 @@ def test_spans_map_to_official_otlp_and_json_lines(tmp_path):
     sink.export_spans(batch)
     sink.shutdown()
     assert '"trace_id":"0af7651916cd43dd8448eb211c80319c"' in path.read_text()
+
+
+def test_open_exchanges_are_bounded_in_all_and_evictions_counted(monkeypatch):
+    from otelbpf.sensors import http_tracker
+
+    monkeypatch.setattr(http_tracker, "MAX_OPEN", 23)
+    t, spans = tracker()
+    for sock in range(31):  # 31 connections, each with a request and no response yet
+        t.feed(msg(sock, READ, b"GET /x HTTP/1.1\r\n\r\n", sock=sock))
+    assert t.open == 23 and t.evicted == 31 - 23
+    t.feed(msg(100, WRITE, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", sock=30))  # a live one still pairs
+    t.feed(msg(101, WRITE, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", sock=0))   # an evicted one does not
+    assert len(spans) == 1 and t.unmatched == 1 and t.open == 22
+    t.feed(msg(102, CLOSE, sock=29))
+    assert t.open == 21 and spans[-1].error_type == "connection_closed"
+
+
+def test_repeated_heads_are_parsed_once_and_give_equal_spans():
+    t, spans = tracker()
+    for i in range(7):
+        t.feed(msg(10 * i, READ, b"GET /same HTTP/1.1\r\nUser-Agent: u\r\n\r\n"))
+        t.feed(msg(10 * i + 5, WRITE, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"))
+    assert len(t._parsed) == 2
+    assert len({c.span.span_id for c in spans}) == 7
+    assert all(c.span.attributes == spans[0].span.attributes for c in spans)
+    assert spans[0].span.attributes is not spans[1].span.attributes  # each span owns its dict
+
+
+def test_cached_descriptions_keep_each_connections_peer_port():
+    t, spans = tracker()
+    for port in (50001, 50003):
+        m = Message(1, port, 42, 100, READ, False, 2, LOCAL, 8080, PEER, port, b"GET /p HTTP/1.1\r\n\r\n")
+        t.feed(m)
+        t.feed(Message(2, port, 42, 100, WRITE, False, 2, LOCAL, 8080, PEER, port, b"HTTP/1.1 200 OK\r\n\r\n"))
+    assert [c.span.attributes["network.peer.port"] for c in spans] == [50001, 50003]

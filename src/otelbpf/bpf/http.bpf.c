@@ -3,9 +3,10 @@
  * plaintext of TLS connections from uprobes on libssl.
  *
  * - sys_enter_{write,writev,sendto,sendmsg}: the buffer is there at entry.
- * - sys_enter_{read,readv,recvfrom,recvmsg} remember the buffer per thread;
- *   sys_exit_* copy what the kernel filled in.
- * - sys_enter_close: the end of a connection that carried HTTP.
+ * - sys_exit_{read,readv,recvfrom,recvmsg}: the buffer and fd from the saved registers, the
+ *   bytes the kernel filled in.
+ * - sys_enter_close: the end of a connection that carried HTTP (known by (tgid, fd): any other
+ *   close costs one hash lookup).
  * Work per syscall is kept tiny and in this order: skip our own process and unselected ones,
  * then "is this fd a TCP socket" (task->files->fdt->fd[fd], S_ISSOCK, the socket's family),
  * then "does the message start like HTTP/1.x" from its first 8 bytes. Only then is anything
@@ -40,27 +41,13 @@ struct {
 	__type(value, __u8);
 } selected_pids SEC(".maps");
 
-/* A read in progress on a socket: where the data will land. */
-struct pending_read {
-	__u64 buf;             /* user buffer, or the first struct iovec for readv/recvmsg */
-	__u64 sock;
-	__u32 fd;
-	__u32 vectored;        /* 1: buf points at an iovec array */
-};
-
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 16384);
-	__type(key, __u64);    /* pid_tgid */
-	__type(value, struct pending_read);
-} reads SEC(".maps");
-
-/* Sockets that carried HTTP, by struct sock address -> fd: a close is reported only for these. */
+/* Sockets that carried HTTP, by (tgid << 32 | fd) -> struct sock address: a close is reported
+ * only for these, and a close of any other fd (files, pipes) costs one hash lookup. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 65536);
+	__uint(max_entries, 32768);
 	__type(key, __u64);
-	__type(value, __u32);
+	__type(value, __u64);
 } http_socks SEC(".maps");
 
 /* An SSL call in progress on a thread. */
@@ -71,6 +58,13 @@ struct ssl_call {
 	__u64 out_len;         /* _ex variants: size_t * that receives the byte count */
 	__u64 sock;            /* learned from the syscall made inside the call */
 	__u64 ktime_ns;
+	__u64 fd;              /* the fd of that syscall */
+};
+
+/* The socket under an SSL object. */
+struct ssl_sock {
+	__u64 sock;
+	__u64 fd;
 };
 
 struct {
@@ -85,7 +79,7 @@ struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 65536);
 	__type(key, __u64);
-	__type(value, __u64);
+	__type(value, struct ssl_sock);
 } ssl_socks SEC(".maps");
 
 struct {
@@ -105,15 +99,17 @@ struct {
 	__type(value, struct scratch);
 } scratch_map SEC(".maps");
 
-/* Per CPU: [0] ring buffer full, [1] socket messages that were not HTTP, [2] reads table full. */
+/* Per CPU: [0] ring buffer full, [1] socket messages that were not HTTP, [2] unused (was: reads
+ * table full), [3] sendfile calls to sockets, [4] splice calls to sockets (counted, not parsed:
+ * the bytes never pass through user memory). */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 3);
+	__uint(max_entries, 5);
 	__type(key, __u32);
 	__type(value, __u64);
 } http_counts SEC(".maps");
 
-enum { COUNT_RING_FULL = 0, COUNT_NOT_HTTP = 1, COUNT_READS_FULL = 2 };
+enum { COUNT_RING_FULL = 0, COUNT_NOT_HTTP = 1, COUNT_READS_FULL = 2, COUNT_SENDFILE = 3, COUNT_SPLICE = 4 };
 
 static __always_inline void count(__u32 what)
 {
@@ -135,17 +131,22 @@ static __always_inline int selected(__u64 pid_tgid)
 /* The struct sock behind fd when it is an IPv4/IPv6 socket, else 0. */
 static __always_inline struct sock *socket_of(__u32 fd)
 {
-	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
-	struct fdtable *fdt = BPF_CORE_READ(task, files, fdt);
+	/* A BTF task pointer: task->files->fdt->fd are plain loads, not helper calls. */
+	struct task_struct *task = bpf_get_current_task_btf();
+	struct files_struct *files = task->files;
+	struct fdtable *fdt;
 	struct file **fds;
 	struct file *file = 0;
 	struct socket *socket;
 	struct sock *sk;
 	__u16 family;
 
-	if (!fdt || fd >= BPF_CORE_READ(fdt, max_fds))
+	if (!files)
 		return 0;
-	fds = BPF_CORE_READ(fdt, fd);
+	fdt = files->fdt;
+	if (!fdt || fd >= fdt->max_fds)
+		return 0;
+	fds = fdt->fd;
 	bpf_probe_read_kernel(&file, sizeof(file), &fds[fd]);
 	if (!file || (BPF_CORE_READ(file, f_inode, i_mode) & S_IFMT) != S_IFSOCK)
 		return 0;
@@ -191,21 +192,30 @@ static __always_inline void read_endpoints(struct sock *sk, struct http_event *e
 	}
 }
 
+/* Every record has one size (the header and capture_bytes, the tail unused past `captured`):
+ * user space then takes a whole drain as one strided array instead of walking the records. */
+static __always_inline __u32 record_size(void)
+{
+	__u32 n = capture_bytes;
+
+	if (n > OTELBPF_HTTP_MAX_CAPTURE)
+		n = OTELBPF_HTTP_MAX_CAPTURE;
+	return sizeof(struct http_event) + n;
+}
+
+
 /* Copies the message at buf (size bytes) when it starts like HTTP; counts it when it does not. */
 static __always_inline void emit(__u64 pid_tgid, struct sock *sk, __u32 fd, const void *buf, __u64 size,
 				 __u8 direction, __u8 source, __u64 ktime_ns)
 {
-	__u32 zero = 0;
-	struct scratch *s;
-	__u64 len = size;
-	__u64 sock = (__u64)sk;
+	struct http_event *e;
+	char head[8];
+	__u64 len = size, sock = (__u64)sk, key, *known;
+	int fresh;
 
-	if (size < 8 || !buf)
+	if (size < 8 || !buf || bpf_probe_read_user(head, sizeof(head), buf))
 		return;
-	s = bpf_map_lookup_elem(&scratch_map, &zero);
-	if (!s || bpf_probe_read_user(s->payload, 8, buf))
-		return;
-	if (!looks_like_http((const char *)s->payload)) {
+	if (!looks_like_http(head)) {
 		count(COUNT_NOT_HTTP);
 		return;
 	}
@@ -214,33 +224,56 @@ static __always_inline void emit(__u64 pid_tgid, struct sock *sk, __u32 fd, cons
 	if (len > OTELBPF_HTTP_MAX_CAPTURE)
 		len = OTELBPF_HTTP_MAX_CAPTURE;
 	barrier_var(len);
-	if (len < 1 || bpf_probe_read_user(s->payload, len, buf))
-		return;
-	s->event.ktime_ns = ktime_ns;
-	s->event.sock = sock;
-	s->event.pid = pid_tgid >> 32;
-	s->event.tid = (__u32)pid_tgid;
-	s->event.fd = fd;
-	s->event.size = size > 0xffffffff ? 0xffffffff : size;
-	s->event.captured = len;
-	s->event.direction = direction;
-	s->event.source = source;
-	read_endpoints(sk, &s->event);
-	bpf_get_current_comm(s->event.comm, sizeof(s->event.comm));
-	if (bpf_ringbuf_output(&http_events, s, sizeof(struct http_event) + len, 0))
+	/* Straight into the ring (no per-CPU scratch and second copy): the size is a load-time
+	 * constant, so the verifier knows it. Submitting with flags 0 wakes the reader only when
+	 * it had caught up (this record is the first unread one): once per drain of a reader that
+	 * batches, which the sensor does (sensors/http.py MIN_DRAIN_GAP). */
+	e = bpf_ringbuf_reserve(&http_events, record_size(), 0);
+	if (!e) {
 		count(COUNT_RING_FULL);
-	else
-		bpf_map_update_elem(&http_socks, &sock, &fd, BPF_ANY);
+		return;
+	}
+	if (len < 1 || len > capture_bytes || bpf_probe_read_user((void *)(e + 1), len, buf)) {
+		bpf_ringbuf_discard(e, BPF_RB_NO_WAKEUP);
+		return;
+	}
+	e->ktime_ns = ktime_ns;
+	e->sock = sock;
+	e->pid = pid_tgid >> 32;
+	e->tid = (__u32)pid_tgid;
+	e->fd = fd;
+	e->size = size > 0xffffffff ? 0xffffffff : size;
+	e->captured = len;
+	e->direction = direction;
+	e->source = source;
+	e->_pad = 0;
+	/* The endpoints and the command name go with the first message of a connection (this fd,
+	 * this socket) only: later ones carry family 0 and user space takes them from that one. */
+	key = (pid_tgid & 0xffffffff00000000ULL) | fd;
+	known = bpf_map_lookup_elem(&http_socks, &key);
+	fresh = !known || *known != sock;
+	if (fresh) {
+		read_endpoints(sk, e);
+		bpf_get_current_comm(e->comm, sizeof(e->comm));
+		bpf_ringbuf_submit(e, 0);
+		/* only once the record carrying the endpoints is in the ring */
+		bpf_map_update_elem(&http_socks, &key, &sock, BPF_ANY);
+	} else {
+		e->family = 0;
+		e->comm[0] = 0;
+		bpf_ringbuf_submit(e, 0);
+	}
 }
 
 /* Inside an SSL call the syscall carries ciphertext: remember its socket, copy nothing. */
-static __always_inline int in_ssl_call(__u64 pid_tgid, struct sock *sk)
+static __always_inline int in_ssl_call(__u64 pid_tgid, struct sock *sk, __u32 fd)
 {
 	struct ssl_call *call = bpf_map_lookup_elem(&ssl_calls, &pid_tgid);
 
 	if (!call)
 		return 0;
 	call->sock = (__u64)sk;
+	call->fd = fd;
 	return 1;
 }
 
@@ -250,28 +283,24 @@ static __always_inline void on_write(__u32 fd, const void *buf, __u64 size)
 	__u64 now = bpf_ktime_get_ns();
 	struct sock *sk;
 
-	if (!selected(pid_tgid))
+	if (size < 8 || !buf || !selected(pid_tgid))
 		return;
 	sk = socket_of(fd);
-	if (!sk || in_ssl_call(pid_tgid, sk))
+	if (!sk || in_ssl_call(pid_tgid, sk, fd))
 		return;
 	emit(pid_tgid, sk, fd, buf, size, HTTP_EGRESS, HTTP_SOURCE_SYSCALL, now);
 }
 
-static __always_inline const void *first_iov_base(const struct iovec *iov)
+/* The first iovec in one read. */
+static __always_inline int first_iov(const struct iovec *iov, const void **base, __u64 *len)
 {
-	void *base = 0;
+	struct iovec v;
 
-	bpf_probe_read_user(&base, sizeof(base), &iov->iov_base);
-	return base;
-}
-
-static __always_inline __u64 first_iov_len(const struct iovec *iov)
-{
-	__u64 len = 0;
-
-	bpf_probe_read_user(&len, sizeof(len), &iov->iov_len);
-	return len;
+	if (bpf_probe_read_user(&v, sizeof(v), iov))
+		return -1;
+	*base = v.iov_base;
+	*len = v.iov_len;
+	return 0;
 }
 
 static __always_inline const struct iovec *msg_iov(const struct user_msghdr *msg)
@@ -300,11 +329,12 @@ int enter_sendto(struct trace_event_raw_sys_enter *ctx)
 SEC("tracepoint/syscalls/sys_enter_writev")
 int enter_writev(struct trace_event_raw_sys_enter *ctx)
 {
-	const struct iovec *iov = (const struct iovec *)ctx->args[1];
+	const void *base;
+	__u64 len;
 
-	if (ctx->args[2] < 1)
+	if (ctx->args[2] < 1 || first_iov((const struct iovec *)ctx->args[1], &base, &len))
 		return 0;
-	on_write(ctx->args[0], first_iov_base(iov), first_iov_len(iov));
+	on_write(ctx->args[0], base, len);
 	return 0;
 }
 
@@ -312,113 +342,79 @@ SEC("tracepoint/syscalls/sys_enter_sendmsg")
 int enter_sendmsg(struct trace_event_raw_sys_enter *ctx)
 {
 	const struct iovec *iov = msg_iov((const struct user_msghdr *)ctx->args[1]);
+	const void *base;
+	__u64 len;
 
-	if (!iov)
+	if (!iov || first_iov(iov, &base, &len))
 		return 0;
-	on_write(ctx->args[0], first_iov_base(iov), first_iov_len(iov));
+	on_write(ctx->args[0], base, len);
 	return 0;
 }
 
-static __always_inline void on_read_enter(__u32 fd, __u64 buf, __u32 vectored)
+/* Reads are taken at syscall exit only, when the bytes are there: the arguments are still in
+ * the task's saved registers (x86-64 keeps di/si/dx of the entry until return), so no
+ * sys_enter program and no per-thread table are needed. Cheapest checks first: a read of
+ * fewer than 8 bytes (EAGAIN, EOF, small pipe reads) returns before anything else.
+ * kind: 0 a plain buffer (read, recvfrom), 1 an iovec array (readv), 2 a msghdr (recvmsg). */
+static __always_inline void on_read_exit(long ret, int kind)
 {
-	__u64 pid_tgid = bpf_get_current_pid_tgid();
-	struct pending_read r = {};
+	__u64 pid_tgid, arg;
+	struct pt_regs *regs;
+	const void *buf;
 	struct sock *sk;
+	__u64 size = ret;
+	__u32 fd;
 
+	if (ret < 8)
+		return;
+	pid_tgid = bpf_get_current_pid_tgid();
 	if (!selected(pid_tgid))
 		return;
+	regs = (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
+	fd = BPF_CORE_READ(regs, di);
+	arg = BPF_CORE_READ(regs, si);
 	sk = socket_of(fd);
-	if (!sk || in_ssl_call(pid_tgid, sk))
+	if (!sk || in_ssl_call(pid_tgid, sk, fd))
 		return;
-	r.buf = buf;
-	r.sock = (__u64)sk;
-	r.fd = fd;
-	r.vectored = vectored;
-	if (bpf_map_update_elem(&reads, &pid_tgid, &r, BPF_ANY))
-		count(COUNT_READS_FULL);
-}
+	buf = (const void *)arg;
+	if (kind) {
+		const struct iovec *iov = kind == 2 ? msg_iov((const struct user_msghdr *)arg)
+						    : (const struct iovec *)arg;
+		__u64 first;
 
-static __always_inline void on_read_exit(long ret)
-{
-	__u64 pid_tgid = bpf_get_current_pid_tgid();
-	struct pending_read *r = bpf_map_lookup_elem(&reads, &pid_tgid);
-	const void *buf;
-	__u64 size = ret;
-
-	if (!r)
-		return;
-	if (ret > 0) {
-		buf = (const void *)r->buf;
-		if (r->vectored) {
-			__u64 first = first_iov_len(buf);
-
-			buf = first_iov_base(buf);
-			if (first < size)
-				size = first;
-		}
-		emit(pid_tgid, (struct sock *)r->sock, r->fd, buf, size, HTTP_INGRESS, HTTP_SOURCE_SYSCALL,
-		     bpf_ktime_get_ns());
+		if (!iov || first_iov(iov, &buf, &first))
+			return;
+		if (first < size)
+			size = first;
 	}
-	bpf_map_delete_elem(&reads, &pid_tgid);
-}
-
-SEC("tracepoint/syscalls/sys_enter_read")
-int enter_read(struct trace_event_raw_sys_enter *ctx)
-{
-	on_read_enter(ctx->args[0], ctx->args[1], 0);
-	return 0;
-}
-
-SEC("tracepoint/syscalls/sys_enter_recvfrom")
-int enter_recvfrom(struct trace_event_raw_sys_enter *ctx)
-{
-	on_read_enter(ctx->args[0], ctx->args[1], 0);
-	return 0;
-}
-
-SEC("tracepoint/syscalls/sys_enter_readv")
-int enter_readv(struct trace_event_raw_sys_enter *ctx)
-{
-	if (ctx->args[2] >= 1)
-		on_read_enter(ctx->args[0], ctx->args[1], 1);
-	return 0;
-}
-
-SEC("tracepoint/syscalls/sys_enter_recvmsg")
-int enter_recvmsg(struct trace_event_raw_sys_enter *ctx)
-{
-	const struct iovec *iov = msg_iov((const struct user_msghdr *)ctx->args[1]);
-
-	if (iov)
-		on_read_enter(ctx->args[0], (__u64)iov, 1);
-	return 0;
+	emit(pid_tgid, sk, fd, buf, size, HTTP_INGRESS, HTTP_SOURCE_SYSCALL, bpf_ktime_get_ns());
 }
 
 SEC("tracepoint/syscalls/sys_exit_read")
 int exit_read(struct trace_event_raw_sys_exit *ctx)
 {
-	on_read_exit(ctx->ret);
+	on_read_exit(ctx->ret, 0);
 	return 0;
 }
 
 SEC("tracepoint/syscalls/sys_exit_recvfrom")
 int exit_recvfrom(struct trace_event_raw_sys_exit *ctx)
 {
-	on_read_exit(ctx->ret);
+	on_read_exit(ctx->ret, 0);
 	return 0;
 }
 
 SEC("tracepoint/syscalls/sys_exit_readv")
 int exit_readv(struct trace_event_raw_sys_exit *ctx)
 {
-	on_read_exit(ctx->ret);
+	on_read_exit(ctx->ret, 1);
 	return 0;
 }
 
 SEC("tracepoint/syscalls/sys_exit_recvmsg")
 int exit_recvmsg(struct trace_event_raw_sys_exit *ctx)
 {
-	on_read_exit(ctx->ret);
+	on_read_exit(ctx->ret, 2);
 	return 0;
 }
 
@@ -427,18 +423,16 @@ int enter_close(struct trace_event_raw_sys_enter *ctx)
 {
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
 	__u32 zero = 0, fd = ctx->args[0];
-	struct sock *sk;
-	__u64 sock;
-	__u32 *known;
+	__u64 key = (pid_tgid & 0xffffffff00000000ULL) | fd;
+	__u64 sock, *known;
 	struct scratch *s;
 
-	if (!selected(pid_tgid))
+	/* Only fds that carried HTTP are in the map: every other close stops at this lookup. */
+	known = bpf_map_lookup_elem(&http_socks, &key);
+	if (!known)
 		return 0;
-	sk = socket_of(fd);
-	sock = (__u64)sk;
-	if (!sk || !(known = bpf_map_lookup_elem(&http_socks, &sock)))
-		return 0;
-	bpf_map_delete_elem(&http_socks, &sock);
+	sock = *known;
+	bpf_map_delete_elem(&http_socks, &key);
 	s = bpf_map_lookup_elem(&scratch_map, &zero);
 	if (!s)
 		return 0;
@@ -451,10 +445,27 @@ int enter_close(struct trace_event_raw_sys_enter *ctx)
 	s->event.captured = 0;
 	s->event.direction = HTTP_CLOSE;
 	s->event.source = HTTP_SOURCE_SYSCALL;
-	read_endpoints(sk, &s->event);
+	s->event.family = 0;   /* user space needs only (pid, sock) of a close */
 	bpf_get_current_comm(s->event.comm, sizeof(s->event.comm));
-	if (bpf_ringbuf_output(&http_events, s, sizeof(struct http_event), 0))
+	if (bpf_ringbuf_output(&http_events, s, record_size(), 0))
 		count(COUNT_RING_FULL);
+	return 0;
+}
+
+/* sendfile/splice into a socket (nginx with `sendfile on` sends bodies so): counted only. */
+SEC("tracepoint/syscalls/sys_enter_sendfile64")
+int enter_sendfile(struct trace_event_raw_sys_enter *ctx)
+{
+	if (selected(bpf_get_current_pid_tgid()) && socket_of(ctx->args[0]))
+		count(COUNT_SENDFILE);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_enter_splice")
+int enter_splice(struct trace_event_raw_sys_enter *ctx)
+{
+	if (selected(bpf_get_current_pid_tgid()) && socket_of(ctx->args[2]))
+		count(COUNT_SPLICE);
 	return 0;
 }
 
@@ -481,7 +492,8 @@ static __always_inline void ssl_exit(long ret, __u8 direction)
 {
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
 	struct ssl_call *call = bpf_map_lookup_elem(&ssl_calls, &pid_tgid);
-	__u64 size = ret, *known;
+	__u64 size = ret;
+	struct ssl_sock *known, found;
 
 	if (!call)
 		return;
@@ -490,12 +502,16 @@ static __always_inline void ssl_exit(long ret, __u8 direction)
 		if (ret == 1)
 			bpf_probe_read_user(&size, sizeof(size), (const void *)call->out_len);
 	}
-	if (call->sock)
-		bpf_map_update_elem(&ssl_socks, &call->ssl, &call->sock, BPF_ANY);
-	else if ((known = bpf_map_lookup_elem(&ssl_socks, &call->ssl)))
-		call->sock = *known;
+	if (call->sock) {
+		found.sock = call->sock;
+		found.fd = call->fd;
+		bpf_map_update_elem(&ssl_socks, &call->ssl, &found, BPF_ANY);
+	} else if ((known = bpf_map_lookup_elem(&ssl_socks, &call->ssl))) {
+		call->sock = known->sock;
+		call->fd = known->fd;
+	}
 	if (ret > 0 && size > 0 && call->sock)
-		emit(pid_tgid, (struct sock *)call->sock, 0, (const void *)call->buf, size, direction,
+		emit(pid_tgid, (struct sock *)call->sock, call->fd, (const void *)call->buf, size, direction,
 		     HTTP_SOURCE_SSL, direction == HTTP_EGRESS ? call->ktime_ns : bpf_ktime_get_ns());
 	bpf_map_delete_elem(&ssl_calls, &pid_tgid);
 }

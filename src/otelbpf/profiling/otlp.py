@@ -6,18 +6,38 @@ Every table of the dictionary starts with its zero entry, as the specification r
 
 from __future__ import annotations
 
+import collections
+import logging
+import math
+import threading
+import time
+
 import urllib3
 from opentelemetry.proto.collector.profiles.v1development.profiles_service_pb2 import (
     ExportProfilesServiceRequest,
 )
-from opentelemetry.proto.common.v1.common_pb2 import AnyValue, InstrumentationScope, KeyValue
+from opentelemetry.proto.common.v1.common_pb2 import (
+    AnyValue,
+    InstrumentationScope,
+    KeyValue,
+)
 from opentelemetry.proto.profiles.v1development import profiles_pb2 as pb
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource as PbResource
 
 from otelbpf import __version__
+from otelbpf.export.otlp_settings import RetrySettings
+from otelbpf.export.retry import (
+    RETRYABLE_HTTP_STATUSES,
+    PermanentError,
+    RetryableError,
+    parse_retry_after,
+    send_with_retry,
+)
 from otelbpf.profiling.model import Profile
 from otelbpf.signals.model import Resource
 from otelbpf.symbols.symbolizer import Frame
+
+log = logging.getLogger(__name__)
 
 SCOPE = "otelbpf.sensors.profile"
 PATH = "/v1development/profiles"
@@ -132,3 +152,76 @@ class OtlpProfilesExporter:
         if resp.status != 200:
             raise OSError(f"OTLP profiles export to {self.url} refused: HTTP {resp.status} "
                           f"{resp.data[:200]!r}")
+
+
+class RetryingProfilesExporter(OtlpProfilesExporter):
+    """The profile sensor's OTLP profiles export from `otelbpf run`: profiles queue here (a
+    few, the oldest dropped when the endpoint falls behind) and a thread sends them, retrying
+    the retryable HTTP statuses (429, 502, 503, 504: export.retry) and connection failures
+    with the exporter's backoff, honouring Retry-After. Other statuses drop that profile."""
+
+    def __init__(self, endpoint: str, resource: Resource, retry: RetrySettings | None = None,
+                 timeout: float = 10.0, queue_size: int = 4):
+        super().__init__(endpoint, resource, timeout)
+        self._retry = retry or RetrySettings()
+        self._queue: collections.deque[Profile] = collections.deque()
+        self._queue_size = queue_size
+        self._cond = threading.Condition()
+        self._wake = threading.Event()  # cuts a backoff wait short at shutdown
+        self._deadline = math.inf
+        self._closing = False
+        self.sent = self.failed = self.dropped = self.retries = 0
+        self._thread = threading.Thread(target=self._run, name="profiles-otlp", daemon=True)
+        self._thread.start()
+
+    def __call__(self, profile: Profile) -> None:
+        with self._cond:
+            if len(self._queue) >= self._queue_size:
+                self._queue.popleft()
+                self.dropped += 1
+                log.warning("OTLP profiles export to %s is behind: dropped the oldest profile", self.url)
+            self._queue.append(profile)
+            self._cond.notify()
+
+    def _send(self, body: bytes) -> None:
+        try:
+            resp = self._http.request("POST", self.url, body=body, headers={"Content-Type": "application/x-protobuf"})
+        except urllib3.exceptions.HTTPError as e:
+            raise RetryableError(f"OTLP profiles export to {self.url} failed: {e}") from None
+        if resp.status == 200:
+            return
+        message = f"OTLP profiles export to {self.url} refused: HTTP {resp.status} {resp.data[:200]!r}"
+        if resp.status in RETRYABLE_HTTP_STATUSES:
+            raise RetryableError(message, parse_retry_after(resp.headers.get("Retry-After")))
+        raise PermanentError(message)
+
+    def _on_retry(self, error: str) -> None:
+        self.retries += 1
+        log.info("%s; retrying", error)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue and not self._closing:
+                    self._cond.wait()
+                if not self._queue:
+                    return
+                profile = self._queue.popleft()
+            body = to_request(profile, self._resource).SerializeToString()
+            try:
+                send_with_retry(lambda body=body: self._send(body), self._retry, self._wake.wait, self._on_retry,
+                                lambda: self._deadline)
+                self.sent += 1
+            except (RetryableError, PermanentError) as e:
+                self.failed += 1
+                log.warning("%s; profile dropped", e)
+
+    def shutdown(self, timeout: float = 10.0) -> None:
+        """Sends what is queued, giving up on retries after `timeout` seconds."""
+        self._deadline = time.monotonic() + timeout
+        with self._cond:
+            self._closing = True
+            self._cond.notify()
+        self._thread.join(timeout + 1)
+        self._wake.set()
+        self._thread.join(1)

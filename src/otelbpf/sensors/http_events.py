@@ -16,4 +16,4 @@ HTTP_EVENT = np.dtype([
 ])
 
 # Indexes of the kernel's per-CPU counters (http_counts in http.bpf.c).
-COUNT_RING_FULL, COUNT_NOT_HTTP, COUNT_READS_FULL = range(3)
+COUNT_RING_FULL, COUNT_NOT_HTTP, COUNT_READS_FULL, COUNT_SENDFILE, COUNT_SPLICE = range(5)

@@ -17,18 +17,22 @@ span's id, so the server span on the other side links to it.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import random
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from otelbpf.protocols import http1
 from otelbpf.signals.model import SpanKind, SpanRecord, StatusCode
 
-MAX_CONNECTIONS = 65536  # connections with state; the least recently used go first
+MAX_CONNECTIONS = 32768  # connections with state; the least recently used go first
 MAX_PENDING = 64         # open exchanges per connection and direction
+MAX_OPEN = 32768         # open exchanges in all: past it the least recently used connections go
+MAX_CACHED_PAYLOAD = 1024  # longer message heads are parsed every time, not remembered
 MAX_ROUTES = 2000        # distinct routes per process before new ones become "_OTHER"
+MAX_CACHED = 4096        # parsed heads, addresses and targets remembered (cleared when full)
 
 
 @dataclass(slots=True)
@@ -63,8 +67,9 @@ class Exchange:
 
 @dataclass(slots=True)
 class _Connection:
-    server: deque[Exchange] = field(default_factory=deque)  # requests this process read
-    client: deque[Exchange] = field(default_factory=deque)  # requests this process wrote
+    # Lists, not deques: an empty deque is 600 bytes, a list 56, and at most MAX_PENDING wait.
+    server: list[Exchange] = field(default_factory=list)  # requests this process read
+    client: list[Exchange] = field(default_factory=list)  # requests this process wrote
 
 
 @dataclass(slots=True)
@@ -81,13 +86,25 @@ class CompletedSpan:
     error_type: str | None
 
 
+_ADDRESSES: dict[tuple[int, bytes], str] = {}
+
+
 def address_text(family: int, raw: bytes) -> str:
-    if family == 10:  # AF_INET6
-        addr = ipaddress.IPv6Address(raw)
-        return str(addr.ipv4_mapped or addr)
-    return str(ipaddress.IPv4Address(raw[:4]))
+    key = (family, raw)
+    text = _ADDRESSES.get(key)
+    if text is None:
+        if family == 10:  # AF_INET6
+            addr = ipaddress.IPv6Address(raw)
+            text = str(addr.ipv4_mapped or addr)
+        else:
+            text = str(ipaddress.IPv4Address(raw[:4]))
+        if len(_ADDRESSES) >= MAX_CACHED:
+            _ADDRESSES.clear()
+        _ADDRESSES[key] = text
+    return text
 
 
+@functools.lru_cache(maxsize=1024)
 def _host_and_port(host: str | None) -> tuple[str | None, int | None]:
     if not host:
         return None, None
@@ -110,15 +127,22 @@ class HttpTracker:
         self._connections: OrderedDict[tuple[int, int], _Connection] = OrderedDict()
         self._active_server: dict[tuple[int, int], Exchange] = {}  # (pid, tid) -> open server span
         self._routes: dict[int, set[str]] = {}
+        # Message heads repeat (the same request line and headers from a client, the same
+        # response head within a second): parse each distinct one once. Results are immutable.
+        self._parsed: dict[bytes, list] = {}
+        self._described: dict[tuple, tuple] = {}  # see _finish
+        self._targets: dict[tuple[int, str], tuple[str, str, str]] = {}  # (pid, target) -> path, query, route
         self.unparsed = 0      # messages that started like HTTP but did not parse
         self.unmatched = 0     # responses with no request seen (connection older than the agent)
         self.evicted = 0       # open exchanges lost to the bounds
+        self.open = 0          # exchanges waiting for their response, all connections
 
     def feed(self, m: Message) -> None:
         key = (m.pid, m.sock)
         if m.direction == 2:
             conn = self._connections.pop(key, None)
             if conn is not None:
+                self.open -= len(conn.server) + len(conn.client)
                 for exchange in (*conn.server, *conn.client):
                     self._finish(exchange, m.ktime_ns, None, "connection_closed")
             return
@@ -126,8 +150,7 @@ class HttpTracker:
         if conn is None:
             conn = self._connections[key] = _Connection()
             if len(self._connections) > MAX_CONNECTIONS:
-                _, old = self._connections.popitem(last=False)
-                self.evicted += len(old.server) + len(old.client)
+                self._evict_oldest()
         else:
             self._connections.move_to_end(key)
         if m.payload.startswith(b"HTTP/"):
@@ -136,20 +159,55 @@ class HttpTracker:
             self._requests(conn, m)
 
     def _requests(self, conn: _Connection, m: Message) -> None:
-        requests = http1.parse_requests(m.payload)
+        requests = self._parse(m.payload, http1.parse_requests)
         if not requests:
             self.unparsed += 1
             return
+        m.payload = b""  # parsed: the open exchanges below need the rest of the message, not its bytes
         server = m.direction == 1
         queue = conn.server if server else conn.client
         for request in requests:
             exchange = self._open(request, m, server)
             if len(queue) >= MAX_PENDING:
-                queue.popleft()
+                del queue[0]
                 self.evicted += 1
+                self.open -= 1
+            while self.open >= MAX_OPEN and len(self._connections) > 1:
+                self._evict_oldest()
             queue.append(exchange)
+            self.open += 1
             if server:
+                if len(self._active_server) >= MAX_OPEN:  # entries of evicted exchanges linger: bounded
+                    self._active_server.clear()
                 self._active_server[(m.pid, m.tid)] = exchange
+
+    def _evict_oldest(self) -> None:
+        _, old = self._connections.popitem(last=False)
+        lost = len(old.server) + len(old.client)
+        self.evicted += lost
+        self.open -= lost
+
+    def _parse(self, payload: bytes, parse: Callable[[bytes], list]) -> list:
+        if len(payload) > MAX_CACHED_PAYLOAD:
+            return parse(payload)
+        parsed = self._parsed.get(payload)
+        if parsed is None:
+            parsed = parse(payload)
+            if len(self._parsed) >= MAX_CACHED:
+                self._parsed.clear()
+            self._parsed[payload] = parsed
+        return parsed
+
+    def _target(self, pid: int, target: str) -> tuple[str, str, str]:
+        key = (pid, target)
+        found = self._targets.get(key)
+        if found is None:
+            path, query = http1.split_target(target)
+            found = (path, query, self._route(pid, http1.route_of(path)))
+            if len(self._targets) >= MAX_CACHED:
+                self._targets.clear()
+            self._targets[key] = found
+        return found
 
     def _open(self, request: http1.Request, m: Message, server: bool) -> Exchange:
         context = http1.parse_traceparent(request.traceparent)
@@ -169,7 +227,7 @@ class HttpTracker:
         return self._rng.getrandbits(128).to_bytes(16, "big")
 
     def _responses(self, conn: _Connection, m: Message) -> None:
-        responses = http1.parse_responses(m.payload)
+        responses = self._parse(m.payload, http1.parse_responses)
         if not responses:
             self.unparsed += 1
             return
@@ -180,17 +238,46 @@ class HttpTracker:
             if not queue:
                 self.unmatched += 1
                 continue
-            self._finish(queue.popleft(), m.ktime_ns, response.status, None)
+            self.open -= 1
+            self._finish(queue.pop(0), m.ktime_ns, response.status, None)
 
     def _finish(self, exchange: Exchange, end_ns: int, status: int | None, failure: str | None) -> None:
         m, request = exchange.message, exchange.request
         server = m.direction == 1
         if server and self._active_server.get((m.pid, m.tid)) is exchange:
             del self._active_server[(m.pid, m.tid)]
+        # What a span's attributes depend on, less what changes per connection: a server span's
+        # peer port (set below) and a client span's local endpoint (not used).
+        if server:
+            key = (True, m.pid, m.tls, m.family, m.local_address, m.local_port, m.peer_address, request, status,
+                   failure)
+        else:
+            key = (False, m.pid, m.tls, m.family, m.peer_address, m.peer_port, request, status, failure)
+        described = self._described.get(key)
+        if described is None:
+            described = self._describe(m, request, server, status, failure)
+            if len(self._described) >= MAX_CACHED:
+                self._described.clear()
+            self._described[key] = described
+        attrs, name, status_code, method, route, scheme, error_type = described
+        attrs = dict(attrs)
+        attrs["network.peer.port"] = m.peer_port
+        span = SpanRecord(
+            trace_id=exchange.trace_id, span_id=exchange.span_id, parent_span_id=exchange.parent_span_id,
+            name=name, kind=SpanKind.SERVER if server else SpanKind.CLIENT,
+            start_time_unix_nano=exchange.start_ns + self._offset, end_time_unix_nano=end_ns + self._offset,
+            attributes=attrs, status_code=status_code,
+            status_message=failure.replace("_", " ") if failure else "")
+        self._on_span(CompletedSpan(m.pid, span, max(end_ns - exchange.start_ns, 0) / 1e9, method, route,
+                                    scheme, status, error_type))
+
+    def _describe(self, m: Message, request: http1.Request, server: bool, status: int | None,
+                  failure: str | None) -> tuple:
+        """What a span's attributes and name are, from what identifies them (cached by _finish:
+        the same request on the same connection with the same outcome describes alike)."""
         scheme = "https" if m.tls else "http"
         method = http1.method_attribute(request.method)
-        path, query = http1.split_target(request.target)
-        route = self._route(m.pid, http1.route_of(path))
+        path, query, route = self._target(m.pid, request.target)
         local = address_text(m.family, m.local_address)
         peer = address_text(m.family, m.peer_address)
         host, host_port = _host_and_port(request.host)
@@ -224,17 +311,14 @@ class HttpTracker:
         name = f"{method} {route}" if server else method
         if method == "_OTHER":
             name = "HTTP"
-        span = SpanRecord(
-            trace_id=exchange.trace_id, span_id=exchange.span_id, parent_span_id=exchange.parent_span_id,
-            name=name, kind=SpanKind.SERVER if server else SpanKind.CLIENT,
-            start_time_unix_nano=exchange.start_ns + self._offset, end_time_unix_nano=end_ns + self._offset,
-            attributes=attrs, status_code=status_code,
-            status_message=failure.replace("_", " ") if failure else "")
-        self._on_span(CompletedSpan(m.pid, span, max(end_ns - exchange.start_ns, 0) / 1e9, method, route,
-                                    scheme, status, error_type))
+        return attrs, name, status_code, method, route, scheme, error_type
 
     def _route(self, pid: int, route: str) -> str:
-        routes = self._routes.setdefault(pid, set())
+        routes = self._routes.get(pid)
+        if routes is None:
+            if len(self._routes) >= MAX_CACHED:  # processes come and go: forget them all at once
+                self._routes.clear()
+            routes = self._routes[pid] = set()
         if route in routes:
             return route
         if len(routes) >= MAX_ROUTES:

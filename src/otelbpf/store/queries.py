@@ -50,6 +50,26 @@ def process_events(db: Queryable, window_s: float | None = None, limit: int = 50
         ORDER BY time_unix_nano DESC LIMIT ?""", [since_ns(window_s), limit])
 
 
+SECURITY_EVENT = "security.policy.match"
+
+
+def security_events(db: Queryable, window_s: float | None = None, limit: int = 200) -> Result:
+    """The security sensor's policy matches (`security.policy.match` log records), newest first,
+    with the exec id that ties each to its process in the tree."""
+    a = "json_extract_string(attributes, '$.\"{}\"')".format
+    return db.query(f"""
+        SELECT make_timestamp(time_unix_nano // 1000) AS time, severity_text AS severity,
+               {a('otelbpf.security.policy')} AS policy, {a('otelbpf.security.action')} AS action,
+               TRY_CAST({a('process.pid')} AS INTEGER) AS pid,
+               coalesce({a('process.executable.name')}, {a('otelbpf.process.comm')}) AS executable,
+               {a('otelbpf.security.syscall')} AS syscall,
+               coalesce({a('file.path')}, {a('network.peer.address')} || ':' || {a('network.peer.port')},
+                        {a('otelbpf.security.argument')}, {a('otelbpf.security.ptrace.target_pid')}) AS argument,
+               {a('otelbpf.process.exec_id')} AS exec_id
+        FROM logs WHERE event_name = ? AND time_unix_nano >= ?
+        ORDER BY time_unix_nano DESC LIMIT ?""", [SECURITY_EVENT, since_ns(window_s), limit])  # noqa: S608
+
+
 def process_lifecycles(db: Queryable, window_s: float | None = None, limit: int = 500) -> Result:
     """One row per exec: when it started and, once it has, how it ended."""
     return db.query("""
@@ -66,8 +86,17 @@ def process_lifecycles(db: Queryable, window_s: float | None = None, limit: int 
                     [since_ns(window_s), since_ns(window_s), limit])
 
 
-def traces(db: Queryable, window_s: float | None = None, limit: int = 50, order: str = "slowest") -> Result:
+def traces(db: Queryable, window_s: float | None = None, limit: int = 50, order: str = "slowest", *,
+           service: str | None = None, route: str | None = None) -> Result:
+    """Traces, slowest (or latest) first; with service and/or route only the traces holding a
+    server span of that service and route (what a row of the RED table links to)."""
     order_by = "duration_ms DESC" if order == "slowest" else "start_ns DESC"
+    where, params = "time_unix_nano >= ?", [since_ns(window_s)]
+    if service or route:
+        where += (" AND trace_id IN (SELECT trace_id FROM spans WHERE kind = 'server' AND time_unix_nano >= ?"
+                  + (" AND service = ?" if service else "") + (" AND coalesce(http_route, name) = ?" if route else "")
+                  + ")")
+        params += [since_ns(window_s), *([service] if service else []), *([route] if route else [])]
     return db.query(f"""
         SELECT trace_id,
                coalesce(first(service) FILTER (WHERE parent_span_id = ''), arg_min(service, time_unix_nano)) AS service,
@@ -77,8 +106,8 @@ def traces(db: Queryable, window_s: float | None = None, limit: int = 50, order:
                round((max(end_unix_nano) - min(time_unix_nano)) / 1e6, 3) AS duration_ms,
                count(*) AS spans,
                count(*) FILTER (WHERE status_code = 'error') AS errors
-        FROM spans WHERE time_unix_nano >= ?
-        GROUP BY trace_id ORDER BY {order_by} LIMIT ?""", [since_ns(window_s), limit])  # noqa: S608
+        FROM spans WHERE {where}
+        GROUP BY trace_id ORDER BY {order_by} LIMIT ?""", [*params, limit])  # noqa: S608
 
 
 def trace_spans(db: Queryable, trace_id: str) -> Result:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from collections import defaultdict
 
@@ -51,6 +52,8 @@ def run(duration: float | None, interval: float, top: int, once: bool) -> None:
     console = Console()
     with running(sensor):
         if once:
+            # On stderr, so that a script (or a test) knows when requests start being seen.
+            print(f"otelbpf http: watching for {duration or interval:g} s", file=sys.stderr, flush=True)
             time.sleep(duration or interval)
             console.print(render(sensor, top, time.monotonic() - started))
             return

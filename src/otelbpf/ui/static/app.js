@@ -54,7 +54,7 @@ function exitBadge(p) {
 }
 
 // Processes whose parent is in the list hang under it; the others are roots.
-function processTree(list) {
+function processTree(list, security = new Map()) {
   const byPid = new Map(), children = new Map();
   for (const p of list) if (!byPid.has(p.pid) || p.started > byPid.get(p.pid).started) byPid.set(p.pid, p);
   const roots = [];
@@ -69,11 +69,36 @@ function processTree(list) {
     { "data-pid": p.pid, "data-exit": p.exit_code === null ? "" : p.exit_code },
     el("span", { class: "proc-name" }, p.executable || "?"), " ",
     el("span", { class: "proc-pid" }, `pid ${p.pid} ← ${p.parent_pid ?? "?"}`), " ",
-    exitBadge(p), " ",
+    exitBadge(p), " ", securityBadge(security.get(p.exec_id)),
     el("span", { class: "proc-time" }, `${shortTime(p.started)}${p.lifetime_s !== null ? `, ${p.lifetime_s.toFixed(3)} s` : ""}`),
     " ", el("span", { class: "proc-args" }, p.args || ""),
     depth < 32 && children.has(p.exec_id) ? draw(children.get(p.exec_id), depth + 1) : null)));
   return list.length ? draw(roots, 0) : el("p", { class: "empty" }, "no process events in this window");
+}
+
+// Security policy matches of one exec: a badge naming the policies, hung on its tree node.
+function securityBadge(events) {
+  if (!events || !events.length) return null;
+  const policies = [...new Set(events.map((e) => e.policy))].join(", ");
+  return el("span", { class: "badge bad security", "data-security": events.length,
+    title: events.map((e) => `${e.policy}: ${e.syscall} ${e.argument ?? ""} (${e.action})`).join("\n") },
+  `⚠ ${policies} ×${events.length}`, " ");
+}
+
+function bySecurityExec(result) {
+  const map = new Map();
+  for (const e of rows(result)) {
+    if (!map.has(e.exec_id)) map.set(e.exec_id, []);
+    map.get(e.exec_id).push(e);
+  }
+  return map;
+}
+
+// A RED row's route links to the slowest traces of that service and route.
+function redLink(column, value, row) {
+  if (column !== "route") return null;
+  const q = new URLSearchParams({ service: row[0], route: value });
+  return el("td", {}, el("a", { class: "route", href: `/traces?${q}` }, value));
 }
 
 function traceLink(column, value) {
@@ -281,14 +306,21 @@ const VIEWS = {
       section("Top executables by execs", "top", table(top, { id: "top-table" }))];
   },
   async processes() {
-    const [procs, events] = await Promise.all([api(`/api/processes?${windowParam()}`), api(`/api/events?limit=100&${windowParam()}`)]);
-    return [section("Process tree (exec → exit)", "process-tree", processTree(rows(procs))),
+    const [procs, events, security] = await Promise.all([api(`/api/processes?${windowParam()}`),
+      api(`/api/events?limit=100&${windowParam()}`), api(`/api/security?${windowParam()}`)]);
+    return [section("Process tree (exec → exit, security policy matches)", "process-tree", processTree(rows(procs), bySecurityExec(security))),
+      section("Security events (policy matches)", "security", table(security, { id: "security-table", empty: "no security policy matches in this window" })),
       section("Recent process events", "events", table(events, { id: "events-table" }))];
   },
   async traces() {
-    const [red, slow] = await Promise.all([api(`/api/red?${windowParam()}`), api(`/api/traces?${windowParam()}`)]);
-    return [section("Requests, errors, duration (server spans)", "red", table(red, { id: "red-table", empty: "no server spans yet" })),
-      section("Slowest traces", "traces", table(slow, { id: "traces-table", cell: traceLink, empty: "no traces yet: send OTLP traces to the agent's receiver" }))];
+    const wanted = new URLSearchParams(location.search);
+    const filter = new URLSearchParams();
+    for (const k of ["service", "route"]) if (wanted.get(k)) filter.set(k, wanted.get(k));
+    const [red, slow] = await Promise.all([api(`/api/red?${windowParam()}`), api(`/api/traces?${windowParam()}&${filter}`)]);
+    const title = filter.toString() ? el("span", {}, `Slowest traces of ${filter.get("service") ?? ""} ${filter.get("route") ?? ""} `,
+      el("a", { href: "/traces", id: "traces-all" }, "(all)")) : "Slowest traces";
+    return [section("Requests, errors, duration (server spans; a route lists its slowest traces)", "red", table(red, { id: "red-table", cell: redLink, empty: "no server spans yet" })),
+      section(title, "traces", table(slow, { id: "traces-table", cell: traceLink, empty: "no traces yet: send OTLP traces to the agent's receiver" }))];
   },
   async trace(id) {
     return [section(`Trace ${id}`, "trace", waterfall(await api(`/api/trace?id=${encodeURIComponent(id)}`)))];
