@@ -29,13 +29,13 @@ from otelbpf.export.otlp import OtlpExporter
 from otelbpf.export.otlp_settings import OtlpSettings
 from otelbpf.export.prometheus import PrometheusEndpoint
 from otelbpf.kernel import features
-from otelbpf.receiver.otlp import OtlpReceiver
 from otelbpf.sensors.base import Sensor
 from otelbpf.sensors.process import ProcessSensor
 from otelbpf.signals.model import Resource
 from otelbpf.signals.registry import Registry
 
-if TYPE_CHECKING:  # imported when used: duckdb is needed only without a collector
+if TYPE_CHECKING:  # imported when used: the receiver (grpcio) and duckdb only without a collector
+    from otelbpf.receiver.otlp import OtlpReceiver
     from otelbpf.store.writer import StoreWriter
     from otelbpf.ui import UiServer
 
@@ -161,6 +161,8 @@ class Agent:
         return FanoutSink(sinks) if len(sinks) > 1 else sinks[0]
 
     def _start_receiver(self, handler: Callable | None = None) -> OtlpReceiver:
+        from otelbpf.receiver.otlp import OtlpReceiver
+
         try:
             return OtlpReceiver("127.0.0.1", EMBEDDED_GRPC_PORT, EMBEDDED_HTTP_PORT, handler=handler).start()
         except OSError as e:

@@ -20,14 +20,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-import grpc
 import urllib3
 from google.protobuf.message import DecodeError, Message
-from google.rpc import error_details_pb2, status_pb2
+from google.rpc import status_pb2
 from opentelemetry.proto.collector.logs.v1 import logs_service_pb2
 from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 
+from otelbpf.export.otlp_response import Sent, partial_success
 from otelbpf.export.otlp_settings import OtlpSettings, SignalSettings
 from otelbpf.export.retry import (
     RETRYABLE_HTTP_STATUSES,
@@ -43,16 +43,6 @@ from otelbpf.signals.registry import Registry
 
 log = logging.getLogger(__name__)
 B = TypeVar("B", LogBatch, MetricBatch, SpanBatch)
-
-_RETRYABLE_GRPC = frozenset({
-    grpc.StatusCode.CANCELLED,
-    grpc.StatusCode.DEADLINE_EXCEEDED,
-    grpc.StatusCode.ABORTED,
-    grpc.StatusCode.OUT_OF_RANGE,
-    grpc.StatusCode.UNAVAILABLE,
-    grpc.StatusCode.DATA_LOSS,
-})
-
 
 @dataclass(frozen=True)
 class _Codec(Generic[B]):
@@ -113,76 +103,11 @@ _CODECS = {
 }
 
 
-@dataclass(frozen=True)
-class _Sent:
-    rejected: int = 0
-    message: str = ""
+def _grpc_transport_class():
+    # grpcio is big (about 16 MB resident): imported only by agents that export over gRPC.
+    from otelbpf.export.otlp_grpc import GrpcTransport
 
-
-class _GrpcTransport:
-    """Sends encoded requests through grpcio; bytes go out as they are (no re-serialising)."""
-
-    def __init__(self, settings: SignalSettings, codec: _Codec) -> None:
-        self._settings, self._codec = settings, codec
-        # grpcio backs off up to 120 s between reconnects by default; a collector that comes
-        # back should see our queue drained within seconds.
-        options = [
-            ("grpc.max_send_message_length", -1),
-            ("grpc.initial_reconnect_backoff_ms", 200),
-            ("grpc.max_reconnect_backoff_ms", 5000),
-        ]
-        if settings.insecure:
-            self._channel = grpc.insecure_channel(settings.grpc_target, options=options)
-        else:
-            credentials = grpc.ssl_channel_credentials(
-                root_certificates=_read(settings.certificate),
-                private_key=_read(settings.client_key),
-                certificate_chain=_read(settings.client_certificate),
-            )
-            self._channel = grpc.secure_channel(settings.grpc_target, credentials, options)
-        self._export = self._channel.unary_unary(
-            codec.grpc_method, request_serializer=None, response_deserializer=codec.response.FromString
-        )
-        self._compression = grpc.Compression.Gzip if settings.compression == "gzip" else None
-
-    def send(self, batches: list) -> _Sent:
-        body = self._codec.encode_protobuf(batches)
-        try:
-            response = self._export(
-                body,
-                timeout=self._settings.timeout,
-                metadata=self._settings.headers or None,
-                compression=self._compression,
-            )
-        except grpc.RpcError as error:
-            code, details = error.code(), error.details()
-            message = f"gRPC {code.name}: {details}"
-            delay = _retry_delay(error.trailing_metadata())
-            if code in _RETRYABLE_GRPC or (
-                code is grpc.StatusCode.RESOURCE_EXHAUSTED and delay is not None
-            ):
-                raise RetryableError(message, delay) from None
-            raise PermanentError(message) from None
-        return _partial_success(response, self._codec)
-
-    def close(self) -> None:
-        self._channel.close()
-
-
-def _retry_delay(trailing_metadata) -> float | None:
-    """RetryInfo.retry_delay from the grpc-status-details-bin trailer, if the server sent it."""
-    for key, value in trailing_metadata or ():
-        if key != "grpc-status-details-bin":
-            continue
-        try:
-            status = status_pb2.Status.FromString(value)
-        except DecodeError:
-            return None
-        for detail in status.details:
-            info = error_details_pb2.RetryInfo()
-            if detail.Unpack(info):
-                return info.retry_delay.seconds + info.retry_delay.nanos / 1e9
-    return None
+    return GrpcTransport
 
 
 class _HttpTransport:
@@ -209,7 +134,7 @@ class _HttpTransport:
             num_pools=1, maxsize=1, retries=False, timeout=settings.timeout, **tls
         )
 
-    def send(self, batches: list) -> _Sent:
+    def send(self, batches: list) -> Sent:
         if self._json:
             body = to_json(self._codec.encode_message(batches))
         else:
@@ -223,7 +148,7 @@ class _HttpTransport:
         except urllib3.exceptions.HTTPError as error:  # refused, reset, timed out
             raise RetryableError(f"HTTP request to {self._settings.endpoint} failed: {error}") from None
         if reply.status == 200:
-            return _partial_success(self._decode(reply.data, self._codec.response), self._codec)
+            return partial_success(self._decode(reply.data, self._codec.response), self._codec)
         message = f"HTTP {reply.status} from {self._settings.endpoint}: {self._error_text(reply)}"
         if reply.status in RETRYABLE_HTTP_STATUSES:
             raise RetryableError(message, parse_retry_after(reply.headers.get("Retry-After")))
@@ -252,18 +177,6 @@ class _HttpTransport:
         self._pool.clear()
 
 
-def _partial_success(response: Message, codec: _Codec) -> _Sent:
-    partial = response.partial_success
-    return _Sent(rejected=getattr(partial, codec.rejected_field), message=partial.error_message)
-
-
-def _read(path: str | None) -> bytes | None:
-    if path is None:
-        return None
-    with open(path, "rb") as f:
-        return f.read()
-
-
 class _SignalPipeline:
     """Bounded queue + worker thread + transport for one signal."""
 
@@ -278,7 +191,7 @@ class _SignalPipeline:
         self._settings = settings
         self._codec = _CODECS[signal]
         signal_settings = settings.for_signal(signal)
-        transport_class = _GrpcTransport if signal_settings.protocol == "grpc" else _HttpTransport
+        transport_class = _grpc_transport_class() if signal_settings.protocol == "grpc" else _HttpTransport
         self._transport = transport_class(signal_settings, self._codec)
         attrs = {"signal": signal, "exporter": exporter_name}
         self._attrs = attrs
