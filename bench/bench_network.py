@@ -18,6 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_execstorm import cpu_seconds, rss_mb  # noqa: E402
+import common  # noqa: E402
 from common import header, median, table  # noqa: E402
 
 from otelbpf.receiver.otlp import OtlpReceiver  # noqa: E402
@@ -99,17 +100,7 @@ class ConnectionCounter:
 
 
 def start_agent(receiver: OtlpReceiver) -> subprocess.Popen:
-    # Default intervals (metrics every 10 s, socket walk every 10 s): the agent as users run it.
-    env = dict(os.environ, OTEL_EXPORTER_OTLP_ENDPOINT=receiver.http_endpoint,
-               OTEL_EXPORTER_OTLP_PROTOCOL="http/protobuf")
-    log = Path("/tmp/otelbpf-bench-network.log")
-    agent = subprocess.Popen([sys.executable, "-m", "otelbpf", "run", "--sensors", "network"], env=env,
-                             stderr=log.open("w"))
-    deadline = time.monotonic() + 60
-    while "running" not in log.read_text() and time.monotonic() < deadline:
-        assert agent.poll() is None, log.read_text()
-        time.sleep(0.1)
-    return agent
+    return common.start_agent(receiver.http_endpoint, "network", "/tmp/otelbpf-bench-network.log")
 
 
 def main() -> str:

@@ -53,3 +53,21 @@ def children_cpu_s() -> float:
 
 def run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, check=True, capture_output=True, text=True, **kw)
+
+
+def start_agent(endpoint: str, sensors: str, log_path: str) -> subprocess.Popen:
+    """`otelbpf run --sensors SENSORS` exporting OTLP/HTTP to endpoint, as a user runs it;
+    returns once the agent says it is running (its stderr goes to log_path)."""
+    import sys
+    from pathlib import Path
+
+    env = dict(os.environ, OTEL_EXPORTER_OTLP_ENDPOINT=endpoint, OTEL_EXPORTER_OTLP_PROTOCOL="http/protobuf")
+    log = Path(log_path)
+    agent = subprocess.Popen([sys.executable, "-m", "otelbpf", "run", "--sensors", sensors, "--no-console"],
+                             env=env, stderr=log.open("w"))
+    deadline = time.monotonic() + 60
+    while "running" not in log.read_text() and time.monotonic() < deadline:
+        if agent.poll() is not None:
+            raise RuntimeError(f"the agent exited: {log.read_text()}")
+        time.sleep(0.1)
+    return agent

@@ -146,38 +146,32 @@ def _add_http_parser(sub) -> None:
     http.add_argument("--once", action="store_true", help="watch for --duration (or one interval), print once")
 
 
-def cmd_http(args: argparse.Namespace) -> int:
+def _run_live_view(name: str, args: argparse.Namespace) -> int:
+    """`otelbpf http` and `otelbpf flows`: a sensor in this process, shown live (or once)."""
+    import importlib
+
     from otelbpf.kernel.errors import BpfError
-    from otelbpf.views import http
 
     if os.geteuid() != 0:
-        print("otelbpf http loads BPF programs and must run as root", file=sys.stderr)
+        print(f"otelbpf {name} loads BPF programs and must run as root", file=sys.stderr)
         return EXIT_CANNOT_RUN
+    view = importlib.import_module(f"otelbpf.views.{name}")
     try:
-        http.run(args.duration, args.interval, args.top, args.once)
+        view.run(args.duration, args.interval, args.top, args.once)
     except BpfError as e:
         print(f"otelbpf: {e}", file=sys.stderr)
         return EXIT_CANNOT_RUN
     except KeyboardInterrupt:
         pass
     return EXIT_OK
+
+
+def cmd_http(args: argparse.Namespace) -> int:
+    return _run_live_view("http", args)
 
 
 def cmd_flows(args: argparse.Namespace) -> int:
-    from otelbpf.kernel.errors import BpfError
-    from otelbpf.views import flows
-
-    if os.geteuid() != 0:
-        print("otelbpf flows loads BPF programs and must run as root", file=sys.stderr)
-        return EXIT_CANNOT_RUN
-    try:
-        flows.run(args.duration, args.interval, args.top, args.once)
-    except BpfError as e:
-        print(f"otelbpf: {e}", file=sys.stderr)
-        return EXIT_CANNOT_RUN
-    except KeyboardInterrupt:
-        pass
-    return EXIT_OK
+    return _run_live_view("flows", args)
 
 
 def _add_profile_parser(sub) -> None:
