@@ -107,9 +107,11 @@ def main() -> str:
     counter = ConnectionCounter()
     base_tp, agent_tp, base_cr, agent_cr, missed, cpu, rss = [], [], [], [], [], [], []
     with OtlpReceiver("127.0.0.1", None, 0, handler=counter, keep=1) as receiver:
-        for _ in range(ROUNDS):
-            base_tp.append(iperf3_gbits())
-            base_cr.append(connection_rate()[0])
+        for round_no in range(ROUNDS):
+            # Alternate which half goes first, so that order effects cancel out.
+            if round_no % 2 == 0:
+                base_tp.append(iperf3_gbits())
+                base_cr.append(connection_rate()[0])
             agent = start_agent(receiver)
             try:
                 cpu0, t0 = cpu_seconds(agent.pid), time.monotonic()
@@ -125,6 +127,9 @@ def main() -> str:
             finally:
                 agent.send_signal(signal.SIGTERM)
                 agent.wait(60)
+            if round_no % 2 == 1:
+                base_tp.append(iperf3_gbits())
+                base_cr.append(connection_rate()[0])
     tp_loss = 1 - median(agent_tp) / median(base_tp)
     cr_loss = 1 - median(agent_cr) / median(base_cr)
     rows = [
@@ -132,7 +137,7 @@ def main() -> str:
         ["short connections/s", median(base_cr), median(agent_cr), f"{100 * cr_loss:+.1f}%"],
     ]
     out = header("Network sensor overhead")
-    out += (f"\n{ROUNDS} rounds alternating without / with the agent; iperf3 -t {IPERF_SECONDS} over 127.0.0.1 (server on CPU 0, client on CPU 1); "
+    out += (f"\n{ROUNDS} rounds alternating without / with the agent (order swapped every other round); iperf3 -t {IPERF_SECONDS} over 127.0.0.1 (server on CPU 0, client on CPU 1); "
             f"{CONNECTIONS:,} short TCP connections per round (Python client and server, 1 byte each way).\n\n")
     out += table(["workload", "without agent (median)", "with agent (median)", "loss"], rows)
     out += (f"\nConnections missed by the agent (client + server sides of {CONNECTIONS:,} per round): "
