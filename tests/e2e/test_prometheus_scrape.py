@@ -15,6 +15,7 @@ import pytest
 
 from otelbpf.export.prometheus import PrometheusEndpoint
 from otelbpf.signals.registry import Registry
+from tests.conftest import require
 
 pytestmark = pytest.mark.e2e
 PROMETHEUS = "/usr/bin/prometheus"
@@ -33,11 +34,8 @@ def query(port: int, expression: str) -> list:
 
 
 def test_real_prometheus_scrapes_our_counter(tmp_path):
-    if not (os.path.exists(PROMETHEUS) or shutil.which("prometheus")):
-        message = f"{PROMETHEUS} is missing: apt-get install prometheus"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+    require(os.path.exists(PROMETHEUS) or shutil.which("prometheus") is not None,
+            f"{PROMETHEUS} is missing: apt-get install prometheus")
 
     registry = Registry()
     registry.counter("otelbpf.exporter.sent", "Items sent", "{item}").add(23, signal="logs", exporter="otlp")
