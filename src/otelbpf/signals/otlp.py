@@ -36,6 +36,7 @@ from otelbpf.signals.model import (
     Resource,
     Severity,
     SpanBatch,
+    SpanRecord,
 )
 
 __all__ = [
@@ -491,35 +492,76 @@ def metric_item_count(batch: MetricBatch) -> int:
     return sum(len(metric.points) for metric in batch.metrics)
 
 
-def traces_request(batches: Iterable[SpanBatch]) -> ExportTraceServiceRequest:
-    """The official ExportTraceServiceRequest for the batches, grouped by (resource, scope)."""
-    request = ExportTraceServiceRequest()
-    for resource, scopes in _group(batches):
-        resource_spans = request.resource_spans.add()
-        resource_spans.resource.CopyFrom(_resource_message(resource))
-        for scope, scope_batches in scopes.items():
-            scope_spans = resource_spans.scope_spans.add()
-            scope_spans.scope.CopyFrom(_scope_message(scope))
-            for batch in scope_batches:
-                for span in batch.spans:
-                    target = scope_spans.spans.add(
-                        trace_id=span.trace_id,
-                        span_id=span.span_id,
-                        parent_span_id=span.parent_span_id,
-                        name=span.name,
-                        kind=int(span.kind),
-                        start_time_unix_nano=span.start_time_unix_nano,
-                        end_time_unix_nano=span.end_time_unix_nano,
-                    )
-                    _fill_attributes(target.attributes, span.attributes.items())
-                    if span.status_code or span.status_message:
-                        target.status.code = int(span.status_code)
-                        target.status.message = span.status_message
-    return request
+# Span fields (trace.proto): the same envelope field numbers as logs, then the span itself.
+_TAG_SPAN = bytes(((2 << 3) | _LEN,))  # ScopeSpans.spans
+_TAG_TRACE_ID, _TAG_SPAN_ID, _TAG_PARENT_SPAN_ID = b"\x0a", b"\x12", b"\x22"
+_TAG_SPAN_NAME, _TAG_SPAN_KIND = b"\x2a", b"\x30"
+_SPAN_TIMES = struct.Struct("<BQBQ")  # start_time_unix_nano (7) and end_time_unix_nano (8), fixed64
+_TAG_START, _TAG_END = (7 << 3) | 1, (8 << 3) | 1
+_TAG_STATUS = bytes(((15 << 3) | _LEN,))
+_span_attributes = _AttributeEncoder(bytes(((9 << 3) | _LEN,)))
+_span_names: dict[str, bytes] = {}
+
+
+def _span_name_field(name: str) -> bytes:
+    if len(_span_names) >= _CACHE_LIMIT:
+        _span_names.clear()
+    field = _span_names[name] = _length_delimited(_TAG_SPAN_NAME, name.encode("utf-8", "replace"))
+    return field
+
+
+def _encode_spans(spans: list[SpanRecord]) -> list[bytes]:
+    """Span bodies, span by span, from cached fields (names and attribute pairs repeat)."""
+    pack_times = _SPAN_TIMES.pack
+    str_cache, int_cache = _span_attributes._str, _span_attributes._int
+    store, encode_field = _span_attributes._store, _span_attributes.field
+    names = _span_names
+    rows = []
+    for span in spans:
+        parts = [_TAG_TRACE_ID, _SMALL[len(span.trace_id)], span.trace_id,
+                 _TAG_SPAN_ID, _SMALL[len(span.span_id)], span.span_id]
+        if span.parent_span_id:
+            parts += (_TAG_PARENT_SPAN_ID, _SMALL[len(span.parent_span_id)], span.parent_span_id)
+        parts.append(names.get(span.name) or _span_name_field(span.name))
+        parts += (_TAG_SPAN_KIND, _SMALL[int(span.kind)],
+                  pack_times(_TAG_START, span.start_time_unix_nano, _TAG_END, span.end_time_unix_nano))
+        for item in span.attributes.items():
+            value_type = type(item[1])
+            if value_type is str:
+                field = str_cache.get(item) or store(str_cache, item)
+            elif value_type is int:
+                field = int_cache.get(item) or store(int_cache, item)
+            else:
+                field = encode_field(item[0], item[1])
+            parts.append(field)
+        if span.status_code or span.status_message:
+            status = b""
+            if span.status_message:
+                status += _length_delimited(b"\x12", span.status_message.encode("utf-8", "replace"))
+            if span.status_code:
+                status += b"\x18" + _SMALL[int(span.status_code)]
+            parts.append(_length_delimited(_TAG_STATUS, status))
+        rows.append(b"".join(parts))
+    return rows
 
 
 def encode_traces_request(batches: Iterable[SpanBatch]) -> bytes:
-    return traces_request(batches).SerializeToString()
+    """Serialized ExportTraceServiceRequest for the batches, grouped by (resource, scope)."""
+    resource_spans = []
+    for resource, scopes in _group(batches):
+        parts = [_length_delimited(_TAG_RESOURCE, _resource_message(resource).SerializeToString())]
+        for scope, scope_batches in scopes.items():
+            body = [_length_delimited(_TAG_SCOPE, _scope_message(scope).SerializeToString())]
+            for batch in scope_batches:
+                body += (_TAG_SPAN + _varint(len(row)) + row for row in _encode_spans(batch.spans))
+            parts.append(_length_delimited(_TAG_SCOPE_LOGS, b"".join(body)))
+        resource_spans.append(_length_delimited(_TAG_RESOURCE_LOGS, b"".join(parts)))
+    return b"".join(resource_spans)
+
+
+def traces_request(batches: Iterable[SpanBatch]) -> ExportTraceServiceRequest:
+    """The official ExportTraceServiceRequest for the batches."""
+    return ExportTraceServiceRequest.FromString(encode_traces_request(batches))
 
 
 def span_item_count(batch: SpanBatch) -> int:
