@@ -116,10 +116,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     agent = Agent(config)
     try:
         agent.start()
-    except AgentError as e:
-        print(f"otelbpf: {e}", file=sys.stderr)
-        return EXIT_CANNOT_RUN
-    except BpfError as e:
+    except (AgentError, BpfError) as e:
         print(f"otelbpf: {e}", file=sys.stderr)
         return EXIT_CANNOT_RUN
     try:

@@ -29,6 +29,7 @@ from opentelemetry.proto.resource.v1 import resource_pb2
 from otelbpf import __version__
 from otelbpf.signals.model import (
     AttrValue,
+    Attributes,
     LogBatch,
     LogRecord,
     MetricBatch,
@@ -172,6 +173,20 @@ class _AttributeEncoder:
                 self._elements.clear()
             self._elements[value] = element
         return element
+
+    def fields(self, attributes: Attributes) -> list[bytes]:
+        """Every attribute as a tagged KeyValue field; str and int pairs come from the caches."""
+        str_cache, int_cache, store = self._str, self._int, self._store
+        out = []
+        for item in attributes.items():
+            value_type = type(item[1])
+            if value_type is str:
+                out.append(str_cache.get(item) or store(str_cache, item))
+            elif value_type is int:
+                out.append(int_cache.get(item) or store(int_cache, item))
+            else:
+                out.append(self.field(item[0], item[1]))
+        return out
 
     def _store(self, cache: dict, item: tuple) -> bytes:
         if len(cache) >= _CACHE_LIMIT:
@@ -323,23 +338,14 @@ def _encode_columns(records: list[LogRecord], keys: list[str]) -> list[bytes]:
 def _encode_rows(records: list[LogRecord]) -> list[bytes]:
     """LogRecord bodies, record by record, for batches whose attribute keys differ."""
     pack_times = _TIMES.pack
-    str_cache, int_cache = _attributes._str, _attributes._int
-    store, encode_field = _attributes._store, _attributes.field
+    attribute_fields = _attributes.fields
     event_names = _event_name_fields
     severities = _SEVERITY_FIELDS
     rows = []
     for record in records:
         t = record.time_unix_nano
         parts = [pack_times(_TAG_TIME, t, _TAG_OBSERVED, t), severities[record.severity]]
-        for item in record.attributes.items():
-            value_type = type(item[1])
-            if value_type is str:
-                field = str_cache.get(item) or store(str_cache, item)
-            elif value_type is int:
-                field = int_cache.get(item) or store(int_cache, item)
-            else:
-                field = encode_field(item[0], item[1])
-            parts.append(field)
+        parts += attribute_fields(record.attributes)
         if record.event_name:
             parts.append(event_names.get(record.event_name) or _event_name_field(record.event_name))
         if record.body is not None:
@@ -513,8 +519,7 @@ def _span_name_field(name: str) -> bytes:
 def _encode_spans(spans: list[SpanRecord]) -> list[bytes]:
     """Span bodies, span by span, from cached fields (names and attribute pairs repeat)."""
     pack_times = _SPAN_TIMES.pack
-    str_cache, int_cache = _span_attributes._str, _span_attributes._int
-    store, encode_field = _span_attributes._store, _span_attributes.field
+    attribute_fields = _span_attributes.fields
     names = _span_names
     rows = []
     for span in spans:
@@ -525,15 +530,7 @@ def _encode_spans(spans: list[SpanRecord]) -> list[bytes]:
         parts.append(names.get(span.name) or _span_name_field(span.name))
         parts += (_TAG_SPAN_KIND, _SMALL[int(span.kind)],
                   pack_times(_TAG_START, span.start_time_unix_nano, _TAG_END, span.end_time_unix_nano))
-        for item in span.attributes.items():
-            value_type = type(item[1])
-            if value_type is str:
-                field = str_cache.get(item) or store(str_cache, item)
-            elif value_type is int:
-                field = int_cache.get(item) or store(int_cache, item)
-            else:
-                field = encode_field(item[0], item[1])
-            parts.append(field)
+        parts += attribute_fields(span.attributes)
         if span.status_code or span.status_message:
             status = b""
             if span.status_message:
