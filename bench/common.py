@@ -63,7 +63,8 @@ def start_agent(endpoint: str, sensors: str, log_path: str) -> subprocess.Popen:
 
     env = dict(os.environ, OTEL_EXPORTER_OTLP_ENDPOINT=endpoint, OTEL_EXPORTER_OTLP_PROTOCOL="http/protobuf")
     log = Path(log_path)
-    agent = subprocess.Popen([sys.executable, "-m", "otelbpf", "run", "--sensors", sensors, "--no-console"],
+    nice = os.environ.get("BENCH_AGENT_PREFIX", "").split()
+    agent = subprocess.Popen([*nice, sys.executable, "-m", "otelbpf", "run", "--sensors", sensors, "--no-console"],
                              env=env, stderr=log.open("w"))
     deadline = time.monotonic() + 60
     while "running" not in log.read_text() and time.monotonic() < deadline:

@@ -46,6 +46,13 @@ SERVER = textwrap.dedent("""
                 self.wfile.write(b"0\\r\\n\\r\\n")
             elif self.path == "/big":
                 self._body(200, b"y" * (1 << 20))
+            elif self.path == "/front":  # calls its own /back on this thread, then answers
+                import http.client
+                down = http.client.HTTPConnection("127.0.0.1", int(sys.argv[1]), timeout=5)
+                down.request("GET", "/back")
+                down.getresponse().read()
+                down.close()
+                self._body(200, b"front")
             elif self.path == "/hangup":
                 self.wfile.flush(); self.connection.shutdown(2); self.close_connection = True
             else:
@@ -125,6 +132,36 @@ def test_keep_alive_pipelining_chunked_head_continue_big(server):
     points = [p for p in registry.histogram("http.server.request.duration", "", "s", DURATION_BOUNDS).points()
               if p.attributes["process.executable.name"].startswith("python")]
     assert sum(p.count for p in points) == len(spans)
+
+
+def test_a_request_sent_while_serving_is_a_child_of_the_server_span(server):
+    """The same-thread heuristic end to end: the kernel must hand such a server request to the
+    agent before the client exchange it contains (it keeps requests for pairing otherwise)."""
+    proc, port = server
+    registry = Registry()
+    batches: list = []
+    incoming = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    with running(HttpSensor(batches.append, registry, Resource.of({"host.name": "t"}))):
+        for i in range(3):
+            header = f"traceparent: {incoming}\r\n" if i == 0 else ""
+            exchange(port, f"GET /front HTTP/1.1\r\nHost: x\r\n{header}Connection: close\r\n\r\n".encode(), 1)
+        # and plain keep-alive requests, which the kernel pairs itself
+        exchange(port, b"GET /k/1 HTTP/1.1\r\nHost: x\r\n\r\n", 1)
+        time.sleep(0.3)
+    servers = spans_of(batches, proc.pid, SpanKind.SERVER)
+    fronts = [s for s in servers if s.attributes["url.path"] == "/front"]
+    downs = [s for s in spans_of(batches, proc.pid, SpanKind.CLIENT) if s.attributes["url.full"].endswith("/back")]
+    assert len(fronts) == 3 and len(downs) == 3
+    children = {d.parent_span_id: d for d in downs}
+    for front in fronts:
+        down = children[front.span_id]
+        assert down.trace_id == front.trace_id
+        assert front.start_time_unix_nano <= down.start_time_unix_nano <= down.end_time_unix_nano \
+            <= front.end_time_unix_nano
+    assert fronts[0].trace_id.hex() == "0af7651916cd43dd8448eb211c80319c"
+    backs = [s for s in servers if s.attributes["url.path"] == "/back"]
+    assert len(backs) == 3
+    assert registry.counter("otelbpf.http.kernel_exchanges").value() > 0
 
 
 def test_curl_client_spans_and_a_hangup(server):

@@ -27,6 +27,20 @@ def tracker():
     return HttpTracker(spans.append, 1_000_000_000_000, random.Random(7)), spans
 
 
+def test_exchanges_paired_in_the_kernel_and_the_requests_pipelined_behind_them():
+    t, spans = tracker()
+    # one message held two pipelined requests: the kernel paired the first with its response
+    t.exchange(msg(10, READ, b"GET /a HTTP/1.1\r\n\r\nGET /b HTTP/1.1\r\n\r\n"), 20, 200)
+    t.feed(msg(30, WRITE, b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n"))  # /b's, passed through
+    t.exchange(msg(40, WRITE, b"GET /down HTTP/1.1\r\nHost: db:5000\r\n\r\n", sock=2), 45, 500)
+    t.exchange(msg(50, READ, b"\x16\x03\x01 not http"), 60, 200)
+    assert [(c.span.name, c.span.kind, c.status, c.span.start_time_unix_nano % 10**6, c.span.end_time_unix_nano % 10**6)
+            for c in spans] == [("GET /a", SpanKind.SERVER, 200, 10, 20), ("GET /b", SpanKind.SERVER, 404, 10, 30),
+                                ("GET", SpanKind.CLIENT, 500, 40, 45)]
+    assert spans[2].error_type == "500" and spans[2].span.attributes["server.address"] == "db"
+    assert t.unparsed == 1 and t.open == 0
+
+
 def test_keep_alive_and_pipelining_pair_in_order():
     t, spans = tracker()
     t.feed(msg(10, READ, b"GET /a HTTP/1.1\r\nHost: svc:8080\r\n\r\nGET /b/12 HTTP/1.1\r\n\r\n"))

@@ -184,6 +184,11 @@ enum http_direction {
 	HTTP_EGRESS = 0,       /* the process wrote these bytes */
 	HTTP_INGRESS = 1,      /* the process read these bytes */
 	HTTP_CLOSE = 2,        /* the process closed a socket that carried HTTP */
+	/* A request and its response, paired in the kernel: the request's bytes follow,
+	 * start_ns is when it was read (server) or written (client), ktime_ns when the
+	 * response was written (server) or read (client), status is the response's code. */
+	HTTP_SERVER_EXCHANGE = 3,
+	HTTP_CLIENT_EXCHANGE = 4,
 };
 
 enum http_source {
@@ -196,6 +201,7 @@ enum http_source {
  * writes when they are issued. */
 struct http_event {
 	__u64 ktime_ns;
+	__u64 start_ns;        /* exchanges: when the request was seen; else ktime_ns */
 	__u64 sock;            /* kernel struct sock address: the connection while it lives */
 	__u32 pid;             /* thread group id */
 	__u32 tid;
@@ -207,7 +213,7 @@ struct http_event {
 	__u16 family;          /* AF_INET or AF_INET6 */
 	__u16 local_port;      /* host byte order */
 	__u16 peer_port;
-	__u16 _pad;
+	__u16 status;          /* exchanges: the response's status code */
 	__u8 local_addr[16];   /* IPv4 in the first 4 bytes, or IPv6 */
 	__u8 peer_addr[16];
 	char comm[OTELBPF_COMM_LEN];

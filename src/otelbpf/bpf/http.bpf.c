@@ -41,13 +41,18 @@ struct {
 	__type(value, __u8);
 } selected_pids SEC(".maps");
 
-/* Sockets that carried HTTP, by (tgid << 32 | fd) -> struct sock address: a close is reported
- * only for these, and a close of any other fd (files, pipes) costs one hash lookup. */
+/* Sockets that carried HTTP, by (tgid << 32 | fd): a close is reported only for these, and a
+ * close of any other fd (files, pipes) costs one hash lookup. */
+struct http_sock {
+	__u64 sock;            /* struct sock address */
+	__u64 announced;       /* its endpoints went to user space (with its first record) */
+};
+
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 32768);
 	__type(key, __u64);
-	__type(value, __u64);
+	__type(value, struct http_sock);
 } http_socks SEC(".maps");
 
 /* An SSL call in progress on a thread. */
@@ -128,33 +133,36 @@ static __always_inline int selected(__u64 pid_tgid)
 	return !filter_pids || bpf_map_lookup_elem(&selected_pids, &pid);
 }
 
+/* A kfunc the verifier turns into a plain move: it makes a pointer read from kernel memory a
+ * typed (read-only, untrusted) one, so the walk below is direct loads instead of a
+ * bpf_probe_read_kernel call per field. */
+extern void *bpf_rdonly_cast(const void *obj, __u32 btf_id) __ksym;
+#define KERNEL_CAST(type, ptr) ((type *)bpf_rdonly_cast((const void *)(ptr), bpf_core_type_id_kernel(type)))
+
 /* The struct sock behind fd when it is an IPv4/IPv6 socket, else 0. */
 static __always_inline struct sock *socket_of(__u32 fd)
 {
-	/* A BTF task pointer: task->files->fdt->fd are plain loads, not helper calls. */
 	struct task_struct *task = bpf_get_current_task_btf();
-	struct files_struct *files = task->files;
-	struct fdtable *fdt;
-	struct file **fds;
-	struct file *file = 0;
+	struct fdtable *fdt = task->files->fdt;
+	struct file *file = 0, *f;
 	struct socket *socket;
 	struct sock *sk;
 	__u16 family;
 
-	if (!files)
-		return 0;
-	fdt = files->fdt;
 	if (!fdt || fd >= fdt->max_fds)
 		return 0;
-	fds = fdt->fd;
-	bpf_probe_read_kernel(&file, sizeof(file), &fds[fd]);
-	if (!file || (BPF_CORE_READ(file, f_inode, i_mode) & S_IFMT) != S_IFSOCK)
+	/* fdt->fd is an array of pointers: the one read the verifier cannot type. */
+	bpf_probe_read_kernel(&file, sizeof(file), &fdt->fd[fd]);
+	if (!file)
 		return 0;
-	socket = BPF_CORE_READ(file, private_data);
-	sk = BPF_CORE_READ(socket, sk);
+	f = KERNEL_CAST(struct file, file);
+	if ((f->f_inode->i_mode & S_IFMT) != S_IFSOCK)
+		return 0;
+	socket = KERNEL_CAST(struct socket, f->private_data);
+	sk = socket->sk;
 	if (!sk)
 		return 0;
-	family = BPF_CORE_READ(sk, __sk_common.skc_family);
+	family = sk->__sk_common.skc_family;
 	return family == AF_INET || family == AF_INET6 ? sk : 0;
 }
 
@@ -203,66 +211,298 @@ static __always_inline __u32 record_size(void)
 	return sizeof(struct http_event) + n;
 }
 
+/* --- pairing in the kernel ---------------------------------------------------------------
+ * A request is kept per connection until its response passes the other way; then the two go
+ * to user space as one record (the request's bytes, both times and the response's status), so
+ * the common case costs one record and no pairing in Python, and a full ring drops whole
+ * exchanges, never half of one. Whatever is not that simple case turns the connection into a
+ * pass-through one for the rest of its life, and its messages go one by one to user space,
+ * which pairs them (sensors/http_tracker.py): a request while another waits (pipelining), a
+ * 1xx or unreadable status line, and a server request on whose thread a client request is
+ * sent before the response (user space needs the server span first to parent the client). */
+enum { PENDING_EMPTY = 0, PENDING_REQUEST = 1, PENDING_PASSTHROUGH = 2 };
 
-/* Copies the message at buf (size bytes) when it starts like HTTP; counts it when it does not. */
-static __always_inline void emit(__u64 pid_tgid, struct sock *sk, __u32 fd, const void *buf, __u64 size,
-				 __u8 direction, __u8 source, __u64 ktime_ns)
+struct pending_key {
+	__u64 sock;
+	__u32 pid;
+	__u32 _pad;
+};
+
+/* The value is this header and then capture_bytes of the request (user space sets the value
+ * size before load, so there is no BTF type for it). */
+struct pending {
+	__u64 start_ns;
+	__u32 tid;
+	__u32 size;
+	__u16 captured;
+	__u8 direction;        /* of the request */
+	__u8 source;
+	__u8 state;
+	__u8 _pad[7];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__uint(key_size, sizeof(struct pending_key));
+	__uint(value_size, sizeof(struct pending) + 256);
+} pending SEC(".maps");
+
+/* A thread's server request in progress (read, not yet answered). */
+struct serving {
+	__u64 sock;
+	__u64 start_ns;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct serving);
+} serving_threads SEC(".maps");
+
+/* Endpoints and the command name go with the first record of a connection (this fd, this
+ * socket) only: later ones carry family 0 and user space takes them from that one. */
+static __always_inline void submit(struct http_event *e, __u64 pid_tgid, struct sock *sk, __u32 fd)
 {
-	struct http_event *e;
-	char head[8];
-	__u64 len = size, sock = (__u64)sk, key, *known;
-	int fresh;
+	__u64 key = (pid_tgid & 0xffffffff00000000ULL) | fd;
+	struct http_sock *known, announced = { .sock = (__u64)sk, .announced = 1 };
 
-	if (size < 8 || !buf || bpf_probe_read_user(head, sizeof(head), buf))
-		return;
-	if (!looks_like_http(head)) {
-		count(COUNT_NOT_HTTP);
+	e->sock = (__u64)sk;
+	e->pid = pid_tgid >> 32;
+	e->fd = fd;
+	known = bpf_map_lookup_elem(&http_socks, &key);
+	if (!known || known->sock != (__u64)sk || !known->announced) {
+		read_endpoints(sk, e);
+		bpf_get_current_comm(e->comm, sizeof(e->comm));
+		bpf_ringbuf_submit(e, 0);
+		/* only once the record carrying the endpoints is in the ring */
+		bpf_map_update_elem(&http_socks, &key, &announced, BPF_ANY);
 		return;
 	}
+	e->family = 0;
+	e->comm[0] = 0;
+	/* Flags 0: the reader is woken only when it had caught up (this record is the first
+	 * unread one), once per drain of a reader that batches (sensors/http.py MIN_DRAIN_GAP). */
+	bpf_ringbuf_submit(e, 0);
+}
+
+/* A connection whose first request is kept, not sent: its close must still be seen. */
+static __always_inline void note_socket(__u64 pid_tgid, struct sock *sk, __u32 fd)
+{
+	__u64 key = (pid_tgid & 0xffffffff00000000ULL) | fd;
+	struct http_sock *known = bpf_map_lookup_elem(&http_socks, &key), fresh = { .sock = (__u64)sk };
+
+	if (!known || known->sock != (__u64)sk)  /* a stale entry: the fd was closed at exit */
+		bpf_map_update_elem(&http_socks, &key, &fresh, BPF_ANY);
+}
+
+static __always_inline struct http_event *reserve(void)
+{
+	struct http_event *e = bpf_ringbuf_reserve(&http_events, record_size(), 0);
+
+	if (!e)
+		count(COUNT_RING_FULL);
+	return e;
+}
+
+/* One message as it is (the first `len` bytes at buf). */
+static __always_inline void emit_message(__u64 pid_tgid, struct sock *sk, __u32 fd, const void *buf, __u64 size,
+				    __u8 direction, __u8 source, __u64 ktime_ns)
+{
+	struct http_event *e;
+	__u64 len = size;
+
 	if (len > capture_bytes)
 		len = capture_bytes;
 	if (len > OTELBPF_HTTP_MAX_CAPTURE)
 		len = OTELBPF_HTTP_MAX_CAPTURE;
 	barrier_var(len);
-	/* Straight into the ring (no per-CPU scratch and second copy): the size is a load-time
-	 * constant, so the verifier knows it. Submitting with flags 0 wakes the reader only when
-	 * it had caught up (this record is the first unread one): once per drain of a reader that
-	 * batches, which the sensor does (sensors/http.py MIN_DRAIN_GAP). */
-	e = bpf_ringbuf_reserve(&http_events, record_size(), 0);
-	if (!e) {
-		count(COUNT_RING_FULL);
+	e = reserve();
+	if (!e)
 		return;
-	}
+	/* Straight into the ring: the size is a load-time constant, so the verifier knows it. */
 	if (len < 1 || len > capture_bytes || bpf_probe_read_user((void *)(e + 1), len, buf)) {
 		bpf_ringbuf_discard(e, BPF_RB_NO_WAKEUP);
 		return;
 	}
-	e->ktime_ns = ktime_ns;
-	e->sock = sock;
-	e->pid = pid_tgid >> 32;
+	e->ktime_ns = e->start_ns = ktime_ns;
 	e->tid = (__u32)pid_tgid;
-	e->fd = fd;
 	e->size = size > 0xffffffff ? 0xffffffff : size;
 	e->captured = len;
 	e->direction = direction;
 	e->source = source;
-	e->_pad = 0;
-	/* The endpoints and the command name go with the first message of a connection (this fd,
-	 * this socket) only: later ones carry family 0 and user space takes them from that one. */
-	key = (pid_tgid & 0xffffffff00000000ULL) | fd;
-	known = bpf_map_lookup_elem(&http_socks, &key);
-	fresh = !known || *known != sock;
-	if (fresh) {
-		read_endpoints(sk, e);
-		bpf_get_current_comm(e->comm, sizeof(e->comm));
-		bpf_ringbuf_submit(e, 0);
-		/* only once the record carrying the endpoints is in the ring */
-		bpf_map_update_elem(&http_socks, &key, &sock, BPF_ANY);
-	} else {
-		e->family = 0;
-		e->comm[0] = 0;
-		bpf_ringbuf_submit(e, 0);
+	e->status = 0;
+	submit(e, pid_tgid, sk, fd);
+}
+
+/* The request a connection keeps, alone (pass-through) or with its response (an exchange). */
+static __always_inline void emit_pending(__u64 pid_tgid, struct sock *sk, __u32 fd, struct pending *p,
+				    __u8 direction, __u64 end_ns, __u16 status)
+{
+	struct http_event *e;
+	__u32 len = p->captured;
+
+	if (len > capture_bytes)
+		len = capture_bytes;
+	if (len > OTELBPF_HTTP_MAX_CAPTURE)
+		len = OTELBPF_HTTP_MAX_CAPTURE;
+	barrier_var(len);
+	e = reserve();
+	if (!e)
+		return;
+	if (len < 1 || len > capture_bytes || bpf_probe_read_kernel((void *)(e + 1), len, (void *)(p + 1))) {
+		bpf_ringbuf_discard(e, BPF_RB_NO_WAKEUP);
+		return;
 	}
+	e->start_ns = p->start_ns;
+	e->ktime_ns = end_ns;
+	e->tid = p->tid;
+	e->size = p->size;
+	e->captured = len;
+	e->direction = direction;
+	e->source = p->source;
+	e->status = status;
+	submit(e, pid_tgid, sk, fd);
+}
+
+static __always_inline void pass_through(__u64 pid_tgid, struct sock *sk, __u32 fd, struct pending *p)
+{
+	if (p->state == PENDING_REQUEST)
+		emit_pending(pid_tgid, sk, fd, p, p->direction, p->start_ns, 0);
+	p->state = PENDING_PASSTHROUGH;
+}
+
+/* "HTTP/1.x NNN": the status code, or 0 when those bytes are not one. */
+static __always_inline __u16 status_of(const char *head)
+{
+	__u16 code = 0;
+
+	for (int i = 9; i < 12; i++) {
+		if (head[i] < '0' || head[i] > '9')
+			return 0;
+		code = code * 10 + (head[i] - '0');
+	}
+	return head[8] == ' ' ? code : 0;
+}
+
+/* A client request on a thread that is serving a request of its own: user space must see that
+ * server request first to make it the client span's parent, so it leaves the kernel alone. */
+static __always_inline void release_serving_request(__u64 pid_tgid)
+{
+	struct serving *serving = bpf_task_storage_get(&serving_threads, bpf_get_current_task_btf(), 0, 0);
+	struct pending_key key = { .pid = pid_tgid >> 32 };
+	struct pending *p;
+
+	if (!serving || !serving->sock)
+		return;
+	key.sock = serving->sock;
+	p = bpf_map_lookup_elem(&pending, &key);
+	if (p && p->state == PENDING_REQUEST && p->start_ns == serving->start_ns)
+		pass_through(pid_tgid, (struct sock *)serving->sock, 0, p);
+	serving->sock = 0;
+}
+
+/* A request: kept for its response, or passed through. */
+static __always_inline void on_request(__u64 pid_tgid, struct sock *sk, __u32 fd, const void *buf, __u64 size,
+				       __u8 direction, __u8 source, __u64 ktime_ns, struct pending *p,
+				       struct pending_key *key)
+{
+	__u32 zero = 0, len = size > capture_bytes ? capture_bytes : size;
+	struct serving *serving;
+	struct scratch *s;
+
+	if (direction == HTTP_EGRESS)
+		release_serving_request(pid_tgid);
+	if (p && p->state == PENDING_REQUEST) {  /* pipelined: the first still waits */
+		pass_through(pid_tgid, sk, fd, p);
+		p = 0;
+	}
+	if (p && p->state == PENDING_PASSTHROUGH) {
+		emit_message(pid_tgid, sk, fd, buf, size, direction, source, ktime_ns);
+		return;
+	}
+	if (!p) {
+		/* A new connection's entry, from zeroed per-CPU scratch (the value is too big for
+		 * the stack); kept-alive connections reuse theirs in place. */
+		s = bpf_map_lookup_elem(&scratch_map, &zero);
+		if (!s)
+			return;
+		__builtin_memset(&s->event, 0, sizeof(struct pending));
+		bpf_map_update_elem(&pending, key, s, BPF_ANY);
+		p = bpf_map_lookup_elem(&pending, key);
+		note_socket(pid_tgid, sk, fd);
+		if (!p) {
+			emit_message(pid_tgid, sk, fd, buf, size, direction, source, ktime_ns);
+			return;
+		}
+	}
+	if (len > OTELBPF_HTTP_MAX_CAPTURE)
+		len = OTELBPF_HTTP_MAX_CAPTURE;
+	barrier_var(len);
+	if (len < 1 || len > capture_bytes || bpf_probe_read_user((void *)(p + 1), len, buf))
+		return;
+	p->start_ns = ktime_ns;
+	p->tid = (__u32)pid_tgid;
+	p->size = size > 0xffffffff ? 0xffffffff : size;
+	p->captured = len;
+	p->direction = direction;
+	p->source = source;
+	p->state = PENDING_REQUEST;
+	if (direction == HTTP_INGRESS) {
+		serving = bpf_task_storage_get(&serving_threads, bpf_get_current_task_btf(), 0,
+					       BPF_LOCAL_STORAGE_GET_F_CREATE);
+		if (serving) {
+			serving->sock = (__u64)sk;
+			serving->start_ns = ktime_ns;
+		}
+	}
+}
+
+/* A response: with the request its connection keeps, one exchange record. */
+static __always_inline void on_response(__u64 pid_tgid, struct sock *sk, __u32 fd, const void *buf, __u64 size,
+					__u8 direction, __u8 source, __u64 ktime_ns, struct pending *p,
+					const char *head)
+{
+	__u16 status = status_of(head);
+	struct serving *serving;
+
+	if (p && p->state == PENDING_REQUEST && p->direction != direction && status >= 200) {
+		emit_pending(pid_tgid, sk, fd, p,
+			     direction == HTTP_EGRESS ? HTTP_SERVER_EXCHANGE : HTTP_CLIENT_EXCHANGE, ktime_ns, status);
+		p->state = PENDING_EMPTY;
+		if (direction == HTTP_EGRESS) {
+			serving = bpf_task_storage_get(&serving_threads, bpf_get_current_task_btf(), 0, 0);
+			if (serving && serving->sock == (__u64)sk)
+				serving->sock = 0;
+		}
+		return;
+	}
+	if (p)  /* 1xx, an unreadable status or no request kept: user space sorts it out */
+		pass_through(pid_tgid, sk, fd, p);
+	emit_message(pid_tgid, sk, fd, buf, size, direction, source, ktime_ns);
+}
+
+/* A socket message at buf (size bytes): counted when it does not start like HTTP, else paired
+ * or passed on. */
+static __always_inline void emit(__u64 pid_tgid, struct sock *sk, __u32 fd, const void *buf, __u64 size,
+				 __u8 direction, __u8 source, __u64 ktime_ns)
+{
+	struct pending_key key = { .sock = (__u64)sk, .pid = pid_tgid >> 32 };
+	char head[16] = {};
+
+	if (size < 8 || !buf || bpf_probe_read_user(head, size < 16 ? 8 : 16, buf))
+		return;
+	if (!looks_like_http(head)) {
+		count(COUNT_NOT_HTTP);
+		return;
+	}
+	if (head[0] == 'H' && head[1] == 'T')
+		on_response(pid_tgid, sk, fd, buf, size, direction, source, ktime_ns,
+			    bpf_map_lookup_elem(&pending, &key), head);
+	else
+		on_request(pid_tgid, sk, fd, buf, size, direction, source, ktime_ns,
+			   bpf_map_lookup_elem(&pending, &key), &key);
 }
 
 /* Inside an SSL call the syscall carries ciphertext: remember its socket, copy nothing. */
@@ -311,68 +551,32 @@ static __always_inline const struct iovec *msg_iov(const struct user_msghdr *msg
 	return iov;
 }
 
-SEC("tracepoint/syscalls/sys_enter_write")
-int enter_write(struct trace_event_raw_sys_enter *ctx)
-{
-	on_write(ctx->args[0], (const void *)ctx->args[1], ctx->args[2]);
-	return 0;
-}
-
-SEC("tracepoint/syscalls/sys_enter_sendto")
-int enter_sendto(struct trace_event_raw_sys_enter *ctx)
-{
-	on_write(ctx->args[0], (const void *)ctx->args[1], ctx->args[2]);
-	return 0;
-}
-
-/* writev/sendmsg: the head of a message is in its first iovec (nginx writes headers so). */
-SEC("tracepoint/syscalls/sys_enter_writev")
-int enter_writev(struct trace_event_raw_sys_enter *ctx)
-{
-	const void *base;
-	__u64 len;
-
-	if (ctx->args[2] < 1 || first_iov((const struct iovec *)ctx->args[1], &base, &len))
-		return 0;
-	on_write(ctx->args[0], base, len);
-	return 0;
-}
-
-SEC("tracepoint/syscalls/sys_enter_sendmsg")
-int enter_sendmsg(struct trace_event_raw_sys_enter *ctx)
-{
-	const struct iovec *iov = msg_iov((const struct user_msghdr *)ctx->args[1]);
-	const void *base;
-	__u64 len;
-
-	if (!iov || first_iov(iov, &base, &len))
-		return 0;
-	on_write(ctx->args[0], base, len);
-	return 0;
-}
+/* Syscall numbers: the two programs below dispatch on them. */
+#if defined(__TARGET_ARCH_arm64)
+enum { NR_close = 57, NR_read = 63, NR_write = 64, NR_readv = 65, NR_writev = 66, NR_sendfile = 71,
+       NR_splice = 76, NR_sendto = 206, NR_recvfrom = 207, NR_sendmsg = 211, NR_recvmsg = 212 };
+#define SYSCALL_NR(regs) ((regs)->syscallno)
+#else
+enum { NR_read = 0, NR_write = 1, NR_close = 3, NR_readv = 19, NR_writev = 20, NR_sendfile = 40,
+       NR_sendto = 44, NR_recvfrom = 45, NR_sendmsg = 46, NR_recvmsg = 47, NR_splice = 275 };
+#define SYSCALL_NR(regs) ((regs)->orig_ax)
+#endif
 
 /* Reads are taken at syscall exit only, when the bytes are there: the arguments are still in
- * the task's saved registers (x86-64 keeps di/si/dx of the entry until return), so no
- * sys_enter program and no per-thread table are needed. Cheapest checks first: a read of
- * fewer than 8 bytes (EAGAIN, EOF, small pipe reads) returns before anything else.
+ * the task's saved registers, so no entry program and no per-thread table are needed.
  * kind: 0 a plain buffer (read, recvfrom), 1 an iovec array (readv), 2 a msghdr (recvmsg). */
-static __always_inline void on_read_exit(long ret, int kind)
+static __always_inline void on_read_exit(struct pt_regs *regs, long ret, int kind)
 {
-	__u64 pid_tgid, arg;
-	struct pt_regs *regs;
+	__u64 pid_tgid = bpf_get_current_pid_tgid(), arg;
 	const void *buf;
 	struct sock *sk;
 	__u64 size = ret;
 	__u32 fd;
 
-	if (ret < 8)
-		return;
-	pid_tgid = bpf_get_current_pid_tgid();
 	if (!selected(pid_tgid))
 		return;
-	regs = (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
-	fd = BPF_CORE_READ(regs, di);
-	arg = BPF_CORE_READ(regs, si);
+	fd = PT_REGS_PARM1_SYSCALL(regs);
+	arg = PT_REGS_PARM2_SYSCALL(regs);
 	sk = socket_of(fd);
 	if (!sk || in_ssl_call(pid_tgid, sk, fd))
 		return;
@@ -390,53 +594,46 @@ static __always_inline void on_read_exit(long ret, int kind)
 	emit(pid_tgid, sk, fd, buf, size, HTTP_INGRESS, HTTP_SOURCE_SYSCALL, bpf_ktime_get_ns());
 }
 
-SEC("tracepoint/syscalls/sys_exit_read")
-int exit_read(struct trace_event_raw_sys_exit *ctx)
+/* writev/sendmsg: the head of a message is in its first iovec (nginx writes headers so). */
+static __always_inline void on_writev(__u32 fd, const struct iovec *iov)
 {
-	on_read_exit(ctx->ret, 0);
-	return 0;
+	const void *base;
+	__u64 len;
+
+	if (iov && !first_iov(iov, &base, &len))
+		on_write(fd, base, len);
 }
 
-SEC("tracepoint/syscalls/sys_exit_recvfrom")
-int exit_recvfrom(struct trace_event_raw_sys_exit *ctx)
-{
-	on_read_exit(ctx->ret, 0);
-	return 0;
-}
-
-SEC("tracepoint/syscalls/sys_exit_readv")
-int exit_readv(struct trace_event_raw_sys_exit *ctx)
-{
-	on_read_exit(ctx->ret, 1);
-	return 0;
-}
-
-SEC("tracepoint/syscalls/sys_exit_recvmsg")
-int exit_recvmsg(struct trace_event_raw_sys_exit *ctx)
-{
-	on_read_exit(ctx->ret, 2);
-	return 0;
-}
-
-SEC("tracepoint/syscalls/sys_enter_close")
-int enter_close(struct trace_event_raw_sys_enter *ctx)
+static __always_inline void on_close(__u32 fd)
 {
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
-	__u32 zero = 0, fd = ctx->args[0];
 	__u64 key = (pid_tgid & 0xffffffff00000000ULL) | fd;
-	__u64 sock, *known;
+	struct pending_key pkey = { .pid = pid_tgid >> 32 };
+	struct pending *p;
+	struct http_sock *known;
+	__u64 sock;
 	struct scratch *s;
+	__u32 zero = 0;
 
 	/* Only fds that carried HTTP are in the map: every other close stops at this lookup. */
 	known = bpf_map_lookup_elem(&http_socks, &key);
 	if (!known)
-		return 0;
-	sock = *known;
+		return;
+	sock = known->sock;
 	bpf_map_delete_elem(&http_socks, &key);
+	pkey.sock = sock;
+	p = bpf_map_lookup_elem(&pending, &pkey);
+	if (p) {
+		/* a request still waiting: user space ends it as a broken exchange */
+		if (p->state == PENDING_REQUEST)
+			emit_pending(pid_tgid, (struct sock *)sock, fd, p, p->direction, p->start_ns, 0);
+		bpf_map_delete_elem(&pending, &pkey);
+	}
 	s = bpf_map_lookup_elem(&scratch_map, &zero);
 	if (!s)
-		return 0;
-	s->event.ktime_ns = bpf_ktime_get_ns();
+		return;
+	s->event.ktime_ns = s->event.start_ns = bpf_ktime_get_ns();
+	s->event.status = 0;
 	s->event.sock = sock;
 	s->event.pid = pid_tgid >> 32;
 	s->event.tid = (__u32)pid_tgid;
@@ -449,23 +646,68 @@ int enter_close(struct trace_event_raw_sys_enter *ctx)
 	bpf_get_current_comm(s->event.comm, sizeof(s->event.comm));
 	if (bpf_ringbuf_output(&http_events, s, record_size(), 0))
 		count(COUNT_RING_FULL);
-	return 0;
 }
 
 /* sendfile/splice into a socket (nginx with `sendfile on` sends bodies so): counted only. */
-SEC("tracepoint/syscalls/sys_enter_sendfile64")
-int enter_sendfile(struct trace_event_raw_sys_enter *ctx)
+static __always_inline void on_zero_copy(__u32 fd, __u32 what)
 {
-	if (selected(bpf_get_current_pid_tgid()) && socket_of(ctx->args[0]))
-		count(COUNT_SENDFILE);
+	if (selected(bpf_get_current_pid_tgid()) && socket_of(fd))
+		count(what);
+}
+
+/* One BTF raw tracepoint for every syscall entry and one for every exit, as Falco's modern
+ * probe does, instead of a classic tracepoint per syscall: measured on nginx + wrk here, nine
+ * classic syscall tracepoints with empty programs cost about 15% of requests/s, these two
+ * about 7%. Any other syscall returns at the switch. */
+SEC("tp_btf/sys_enter")
+int BPF_PROG(on_sys_enter, struct pt_regs *regs, long id)
+{
+	switch (id) {
+	case NR_write:
+	case NR_sendto:
+		on_write(PT_REGS_PARM1_SYSCALL(regs), (const void *)PT_REGS_PARM2_SYSCALL(regs),
+			 PT_REGS_PARM3_SYSCALL(regs));
+		break;
+	case NR_writev:
+		if (PT_REGS_PARM3_SYSCALL(regs) > 0)
+			on_writev(PT_REGS_PARM1_SYSCALL(regs), (const struct iovec *)PT_REGS_PARM2_SYSCALL(regs));
+		break;
+	case NR_sendmsg:
+		on_writev(PT_REGS_PARM1_SYSCALL(regs),
+			  msg_iov((const struct user_msghdr *)PT_REGS_PARM2_SYSCALL(regs)));
+		break;
+	case NR_close:
+		on_close(PT_REGS_PARM1_SYSCALL(regs));
+		break;
+	case NR_sendfile:
+		on_zero_copy(PT_REGS_PARM1_SYSCALL(regs), COUNT_SENDFILE);
+		break;
+	case NR_splice:
+		on_zero_copy(PT_REGS_PARM3_SYSCALL(regs), COUNT_SPLICE);
+		break;
+	}
 	return 0;
 }
 
-SEC("tracepoint/syscalls/sys_enter_splice")
-int enter_splice(struct trace_event_raw_sys_enter *ctx)
+SEC("tp_btf/sys_exit")
+int BPF_PROG(on_sys_exit, struct pt_regs *regs, long ret)
 {
-	if (selected(bpf_get_current_pid_tgid()) && socket_of(ctx->args[2]))
-		count(COUNT_SPLICE);
+	/* A read of fewer than 8 bytes (EAGAIN, EOF, small pipe reads) is never HTTP: the
+	 * cheapest test goes first, before the syscall number is even read. */
+	if (ret < 8)
+		return 0;
+	switch (SYSCALL_NR(regs)) {
+	case NR_read:
+	case NR_recvfrom:
+		on_read_exit(regs, ret, 0);
+		break;
+	case NR_readv:
+		on_read_exit(regs, ret, 1);
+		break;
+	case NR_recvmsg:
+		on_read_exit(regs, ret, 2);
+		break;
+	}
 	return 0;
 }
 

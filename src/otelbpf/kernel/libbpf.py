@@ -142,6 +142,7 @@ bpf_map__key_size = _fn("bpf_map__key_size", c_u32, c_void_p)
 bpf_map__value_size = _fn("bpf_map__value_size", c_u32, c_void_p)
 bpf_map__max_entries = _fn("bpf_map__max_entries", c_u32, c_void_p)
 bpf_map__set_max_entries = _fn("bpf_map__set_max_entries", c_int, c_void_p, c_u32)
+bpf_map__set_value_size = _fn("bpf_map__set_value_size", c_int, c_void_p, c_u32)
 bpf_map__initial_value = _fn("bpf_map__initial_value", c_void_p, c_void_p, ctypes.POINTER(c_size_t))
 bpf_map__set_initial_value = _fn("bpf_map__set_initial_value", c_int, c_void_p, c_void_p, c_size_t)
 

@@ -167,6 +167,12 @@ class Map:
         if ret:
             raise BpfError(f"setting max_entries of map {self.name!r} to {n}", libbpf.errno_of(ret))
 
+    def set_value_size(self, n: int) -> None:
+        """Before load: a value size known only at run time (the map must have no BTF value type)."""
+        ret = libbpf.bpf_map__set_value_size(self._ptr, n)
+        if ret:
+            raise BpfError(f"setting the value size of map {self.name!r} to {n}", libbpf.errno_of(ret))
+
     @property
     def percpu(self) -> bool:
         return self.type in PERCPU_MAP_TYPES

@@ -148,6 +148,10 @@ class HttpSensor:
         self._drops = r.counter("otelbpf.sensor.dropped", "Events the kernel could not queue or store", "{event}")
         self._ignored = r.counter("otelbpf.http.ignored", "Socket messages not taken as HTTP, by reason", "{message}")
         self._spans = r.counter("otelbpf.http.spans", "HTTP spans produced", "{span}")
+        self._kernel_exchanges = r.counter(
+            "otelbpf.http.kernel_exchanges",
+            "Requests the kernel paired with their responses (one record each; the other spans were paired "
+            "by the agent from single messages)", "{exchange}")
         self._unknown_endpoints = r.counter(
             "otelbpf.http.unknown_endpoints",
             "Messages on connections whose first message (which carries the addresses) was not seen", "{message}")
@@ -168,11 +172,13 @@ class HttpSensor:
             obj.set_rodata(capture_bytes=self._capture_bytes, self_pid=os.getpid(),
                            filter_pids=int(not self._selection.everything))
             obj.maps["http_events"].set_max_entries(self._ringbuf_bytes)
+            # A kept request: the kernel's struct pending, then capture_bytes of the request.
+            obj.maps["pending"].set_value_size(he.PENDING_HEADER_SIZE + self._capture_bytes)
             obj.load()
             # Records all have one size (header + capture_bytes): the reader's strided fast path.
             self._reader = RingBufferReader(obj.maps["http_events"], he.HTTP_EVENT.itemsize + self._capture_bytes)
             for prog in obj.programs.values():
-                if prog.section.startswith("tracepoint/"):
+                if prog.section.startswith("tp_btf/"):
                     prog.attach()
             self._obj = obj
             if not self._selection.everything:
@@ -240,8 +246,12 @@ class HttpSensor:
         if n:
             self._events.add(n, {"sensor": self.name})
             heads = batch.fixed(he.HTTP_EVENT)
+            paired = int(np.count_nonzero(heads["direction"] >= he.HTTP_SERVER_EXCHANGE))
+            if paired:
+                self._kernel_exchanges.add(paired)
             columns = [heads[f].tolist() for f in ("ktime_ns", "sock", "pid", "tid", "direction", "source",
-                                                   "family", "local_port", "peer_port", "captured")]
+                                                   "family", "local_port", "peer_port", "captured",
+                                                   "start_ns", "status")]
             local, peer = heads["local_addr"].tolist(), heads["peer_addr"].tolist()
             # Name processes now, while short-lived clients (curl) are still there to be read.
             # (The kernel sends the command name with a connection's first message only.)
@@ -256,10 +266,11 @@ class HttpSensor:
                     self._process_resource(pid, names.get(pid, b""))
             data, offsets = batch.data, batch.offsets.tolist()
             head_size = he.HTTP_EVENT.itemsize
-            feed = self._tracker.feed
+            feed, exchange = self._tracker.feed, self._tracker.exchange
             ssl, close = he.HTTP_SOURCE_SSL, he.HTTP_CLOSE
+            server_exchange, client_exchange = he.HTTP_SERVER_EXCHANGE, he.HTTP_CLIENT_EXCHANGE
             endpoints = self._endpoints
-            for i, (ktime, sock, pid, tid, direction, source, family, lport, pport, captured) in \
+            for i, (ktime, sock, pid, tid, direction, source, family, lport, pport, captured, start, status) in \
                     enumerate(zip(*columns)):
                 # The kernel sends a connection's endpoints with its first message only.
                 if family:
@@ -278,9 +289,15 @@ class HttpSensor:
                     else:
                         family, lo, lport, pe, pport = known
                         endpoints.move_to_end((pid, sock))
-                start = offsets[i] + head_size
-                feed(Message(ktime, sock, pid, tid, direction, source == ssl, family,
-                             lo, lport, pe, pport, data[start:start + captured].tobytes()))
+                at = offsets[i] + head_size
+                payload = data[at:at + captured].tobytes()
+                if direction == server_exchange or direction == client_exchange:
+                    # paired in the kernel: the request (read by a server, written by a client)
+                    exchange(Message(start, sock, pid, tid, int(direction == server_exchange), source == ssl,
+                                     family, lo, lport, pe, pport, payload), ktime, status)
+                else:
+                    feed(Message(ktime, sock, pid, tid, direction, source == ssl, family,
+                                 lo, lport, pe, pport, payload))
         if self._pending:
             self._export(self._pending)
             self._pending.clear()

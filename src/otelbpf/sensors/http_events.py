@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import numpy as np
 
-HTTP_EGRESS, HTTP_INGRESS, HTTP_CLOSE = 0, 1, 2
+HTTP_EGRESS, HTTP_INGRESS, HTTP_CLOSE, HTTP_SERVER_EXCHANGE, HTTP_CLIENT_EXCHANGE = range(5)
 HTTP_SOURCE_SYSCALL, HTTP_SOURCE_SSL = 0, 1
 MAX_CAPTURE = 8192  # OTELBPF_HTTP_MAX_CAPTURE
 
 HTTP_EVENT = np.dtype([
-    ("ktime_ns", "<u8"), ("sock", "<u8"), ("pid", "<u4"), ("tid", "<u4"), ("fd", "<u4"), ("size", "<u4"),
+    ("ktime_ns", "<u8"), ("start_ns", "<u8"), ("sock", "<u8"), ("pid", "<u4"), ("tid", "<u4"), ("fd", "<u4"), ("size", "<u4"),
     ("captured", "<u2"), ("direction", "u1"), ("source", "u1"), ("family", "<u2"), ("local_port", "<u2"),
-    ("peer_port", "<u2"), ("_pad", "<u2"), ("local_addr", "V16"), ("peer_addr", "V16"), ("comm", "S16"),
+    ("peer_port", "<u2"), ("status", "<u2"), ("local_addr", "V16"), ("peer_addr", "V16"), ("comm", "S16"),
     ("_pad2", "<u4"),
 ])
+
+# struct pending in http.bpf.c: a request the kernel keeps for its response (then its bytes).
+PENDING_HEADER_SIZE = 32
 
 # Indexes of the kernel's per-CPU counters (http_counts in http.bpf.c).
 COUNT_RING_FULL, COUNT_NOT_HTTP, COUNT_READS_FULL, COUNT_SENDFILE, COUNT_SPLICE = range(5)

@@ -158,6 +158,26 @@ class HttpTracker:
         else:
             self._requests(conn, m)
 
+    def exchange(self, m: Message, end_ns: int, status: int) -> None:
+        """A request and its response's status, paired in the kernel (m is the request, as
+        read by a server or written by a client). Requests pipelined in the same message wait
+        for their responses like any other."""
+        requests = self._parse(m.payload, http1.parse_requests)
+        if not requests:
+            self.unparsed += 1
+            return
+        m.payload = b""
+        self._finish(self._open(requests[0], m, m.direction == 1), end_ns, status, None)
+        if len(requests) > 1:
+            key = (m.pid, m.sock)
+            conn = self._connections.get(key)
+            if conn is None:
+                conn = self._connections[key] = _Connection()
+            queue = conn.server if m.direction == 1 else conn.client
+            for request in requests[1:]:
+                queue.append(self._open(request, m, m.direction == 1))
+                self.open += 1
+
     def _requests(self, conn: _Connection, m: Message) -> None:
         requests = self._parse(m.payload, http1.parse_requests)
         if not requests:
