@@ -1,9 +1,19 @@
-"""HTTP sensor overhead: nginx (1 worker, 6-byte static file) under wrk, requests/s without and
-with the agent (`otelbpf run --sensors http`, exporting OTLP to a local receiver, default ring
-buffer), alternating in one run. Also: nginx server spans received vs nginx's access-log count
-(dropped spans) at saturation and at a paced rate (wrk with a Lua delay: 34 connections, 1 ms
-between a response and the next request: about 20,000 requests/s here); CPU per 1,000 requests of
-nginx (the kernel-side cost runs in its syscalls) and of the agent; the agent's peak RSS.
+"""HTTP sensor overhead: nginx (1 worker, 6-byte static file) under wrk -t1 -c32, requests/s in
+five modes, alternating in one run with the order rotated every round:
+
+- without: nothing loaded;
+- hooks only: the sensor's two hooks (tp_btf sys_enter/sys_exit) with empty programs
+  (bpf/hook_floor.bpf.c): the floor no capture program on these hooks can go under;
+- kernel only: the sensor's own BPF programs, their ring drained and thrown away (no Python
+  per record): what the capture costs in the kernel;
+- agent: `otelbpf run --sensors http` as a user runs it (every process: nginx's SERVER spans
+  and wrk's CLIENT spans), exporting OTLP/HTTP to a local receiver;
+- agent, nginx only: the same with the open-port selection set to nginx's port.
+
+For the agent modes: nginx SERVER spans received vs nginx's access-log count (dropped spans),
+at saturation and paced (wrk with a Lua delay: 40 connections, 1 ms between a response and the
+next request: about 20,000 requests/s here); CPU per 1,000 requests of nginx (the kernel-side
+cost runs in its syscalls) and of the agent; the agent's peak RSS.
 Bars: <= 3% loss at saturation; zero dropped spans up to 20,000 requests/s.
 """
 
@@ -25,12 +35,17 @@ from bench_execstorm import cpu_seconds, rss_mb  # noqa: E402
 import common  # noqa: E402
 from common import header, median, table  # noqa: E402
 
+from otelbpf.kernel import BpfObject  # noqa: E402
+from otelbpf.kernel.ringbuf import RingBufferReader  # noqa: E402
 from otelbpf.receiver.otlp import OtlpReceiver  # noqa: E402
+from otelbpf.sensors import http_events as he  # noqa: E402
+
+BPF_DIR = Path(he.__file__).resolve().parent.parent / "bpf"
 
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", 3))
 SECONDS = 5
 CONNECTIONS = 32
-PACED_CONNECTIONS = 34  # with a 1 ms pause after each response: about 20,000 requests/s here
+PACED_CONNECTIONS = 40  # with a 1 ms pause after each response: about 20,000 requests/s here
 PACED_LUA = "function delay() return 1 end\n"
 CONF = """daemon off; master_process off; worker_processes 1; user root;
 error_log {d}/error.log; pid {d}/nginx.pid; events {{ worker_connections 1024; }}
@@ -97,14 +112,63 @@ def wrk(port: int, paced: str | None = None) -> float:
     return float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
 
 
-def start_agent(receiver: OtlpReceiver) -> subprocess.Popen:
-    return common.start_agent(receiver.http_endpoint, "http", "/tmp/otelbpf-bench-http.log")
+def start_agent(receiver: OtlpReceiver, nginx_port: int | None = None) -> subprocess.Popen:
+    env = {"OTELBPF_HTTP__OPEN_PORTS": str(nginx_port)} if nginx_port else {}
+    return common.start_agent(receiver.http_endpoint, "http", "/tmp/otelbpf-bench-http.log", env)
+
+
+class KernelOnly:
+    """The HTTP sensor's BPF object as the sensor loads it, its ring drained in bulk and the
+    records thrown away: the capture's cost without any Python per record."""
+
+    def __init__(self, capture_bytes: int = 256):
+        self.obj = BpfObject(BPF_DIR / "http.bpf.o")
+        self.obj.set_rodata(capture_bytes=capture_bytes, self_pid=os.getpid(), filter_pids=0)
+        self.obj.maps["pending"].set_value_size(he.PENDING_HEADER_SIZE + capture_bytes)
+        self.obj.load()
+        self.reader = RingBufferReader(self.obj.maps["http_events"], he.HTTP_EVENT.itemsize + capture_bytes)
+        for prog in self.obj.programs.values():
+            if prog.section.startswith("tp_btf/"):
+                prog.attach()
+        self.records = 0
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._drain, daemon=True)
+        self.thread.start()
+
+    def _drain(self) -> None:
+        while not self.stopping.is_set():
+            if self.reader.wait(0.1):
+                time.sleep(0.02)  # as the sensor batches its drains
+            self.records += len(self.reader.read())
+
+    def close(self) -> None:
+        self.stopping.set()
+        self.thread.join()
+        self.reader.close()
+        self.obj.close()
+
+
+class HooksOnly:
+    def __init__(self):
+        self.obj = BpfObject(BPF_DIR / "hook_floor.bpf.o")
+        self.obj.load()
+        self.obj.attach_all()
+
+    def close(self) -> None:
+        self.obj.close()
+
+
+MODES = ("without", "hooks only", "kernel only", "agent", "agent, nginx only")
 
 
 def main() -> str:
     spans = ServerSpans()
-    base, traced, dropped, cpu, rss = [], [], [], [], []
-    nginx_base, nginx_traced, agent_kreq, paced_rate, paced_dropped, counted = [], [], [], [], [], []
+    rate = {m: [] for m in MODES}
+    nginx_cpu = {m: [] for m in MODES}
+    agent_kreq = {m: [] for m in MODES[3:]}
+    agent_cores = {m: [] for m in MODES[3:]}
+    dropped = {m: [] for m in MODES[3:]}
+    rss, paced_rate, paced_dropped, counted, kernel_records = [], [], [], [], []
     with tempfile.TemporaryDirectory() as d, OtlpReceiver("127.0.0.1", None, 0, handler=spans, keep=1) as receiver:
         nginx, port = start_nginx(d)
         access = Path(d, "access.log")
@@ -121,58 +185,87 @@ def main() -> str:
                 last = spans.count
                 time.sleep(1)
 
+        def measured(mode: str, agent: subprocess.Popen | None = None) -> None:
+            lines0, spans0, n0 = logged(), spans.count, cpu_seconds(nginx.pid)
+            a0, t0 = (cpu_seconds(agent.pid) if agent else 0.0), time.monotonic()
+            rate[mode].append(wrk(port))
+            served = max(logged() - lines0, 1)
+            nginx_cpu[mode].append(1e6 * (cpu_seconds(nginx.pid) - n0) / served)
+            if agent:
+                used = cpu_seconds(agent.pid) - a0
+                agent_cores[mode].append(used / (time.monotonic() - t0))
+                agent_kreq[mode].append(1e6 * used / served)
+                settle()
+                dropped[mode].append(logged() - lines0 - (spans.count - spans0))
+
         try:
-            for _ in range(ROUNDS):
-                lines0, n0 = logged(), cpu_seconds(nginx.pid)
-                base.append(wrk(port))
-                nginx_base.append(1e6 * (cpu_seconds(nginx.pid) - n0) / max(logged() - lines0, 1))
-                agent = start_agent(receiver)
-                try:
-                    lines0, spans0 = logged(), spans.count
-                    cpu0, n0, t0 = cpu_seconds(agent.pid), cpu_seconds(nginx.pid), time.monotonic()
-                    traced.append(wrk(port))
-                    cpu.append((cpu_seconds(agent.pid) - cpu0) / (time.monotonic() - t0))
-                    served = logged() - lines0
-                    nginx_traced.append(1e6 * (cpu_seconds(nginx.pid) - n0) / max(served, 1))
-                    agent_kreq.append(1e6 * (cpu_seconds(agent.pid) - cpu0) / max(served, 1))
-                    settle()
-                    dropped.append(logged() - lines0 - (spans.count - spans0))
-                    lines0, spans0 = logged(), spans.count
-                    paced_rate.append(wrk(port, str(paced)))
-                    settle()
-                    paced_dropped.append(logged() - lines0 - (spans.count - spans0))
-                    rss.append(rss_mb(agent.pid, "VmHWM"))
-                finally:
-                    agent.send_signal(signal.SIGTERM)
-                    agent.wait(120)
-                counted.append(dict(spans.drops))
-                spans.drops.clear()
+            for r in range(ROUNDS):
+                order = MODES[r % len(MODES):] + MODES[:r % len(MODES)]
+                for mode in order:
+                    if mode == "without":
+                        measured(mode)
+                    elif mode == "hooks only":
+                        hooks = HooksOnly()
+                        try:
+                            measured(mode)
+                        finally:
+                            hooks.close()
+                    elif mode == "kernel only":
+                        kernel = KernelOnly()
+                        try:
+                            measured(mode)
+                        finally:
+                            kernel.close()
+                        kernel_records.append(kernel.records)
+                    else:
+                        agent = start_agent(receiver, port if mode == "agent, nginx only" else None)
+                        try:
+                            measured(mode, agent)
+                            if mode == "agent":
+                                lines0, spans0 = logged(), spans.count
+                                paced_rate.append(wrk(port, str(paced)))
+                                settle()
+                                paced_dropped.append(logged() - lines0 - (spans.count - spans0))
+                                rss.append(rss_mb(agent.pid, "VmHWM"))
+                        finally:
+                            agent.send_signal(signal.SIGTERM)
+                            agent.wait(120)
+                        if mode == "agent":
+                            counted.append(dict(spans.drops))
+                        spans.drops.clear()
         finally:
             nginx.terminate()
             nginx.wait(10)
-    loss = 1 - median(traced) / median(base)
-    requests = [round(r * SECONDS) for r in traced]
+
+    base = median(rate["without"])
+    loss = {m: 1 - median(rate[m]) / base for m in MODES}
     out = header("HTTP sensor overhead")
-    out += (f"\n{ROUNDS} rounds alternating without / with the agent; nginx 1 worker, 6-byte file, "
-            f"wrk -t1 -c{CONNECTIONS} -d{SECONDS}s over 127.0.0.1; the agent exports OTLP/HTTP to a local receiver.\n\n")
-    out += table(["workload", "without agent (median)", "with agent (median)", "loss"],
-                 [["nginx requests/s", median(base), median(traced), f"{100 * loss:+.1f}%"],
-                  ["nginx CPU ms per 1,000 requests", median(nginx_base), median(nginx_traced),
-                   f"{100 * (median(nginx_traced) / median(nginx_base) - 1):+.1f}%"]])
-    out += (f"\nAgent CPU per 1,000 requests (it also makes wrk's CLIENT spans: 2 spans per request): "
-            f"{', '.join(f'{c:.1f}' for c in agent_kreq)} ms.\n"
-            f"Paced (wrk -c{PACED_CONNECTIONS}, 1 ms delay after each response): {[round(r) for r in paced_rate]} requests/s, spans dropped "
-            f"per round: {paced_dropped}.\n"
-            f"The agent's own counters at its exit, per round (saturated and paced together; wrk's "
-            f"CLIENT messages included): {counted}.\n")
-    out += (f"\nSpans dropped (access-log lines minus nginx SERVER spans received), per round of about "
-            f"{requests} requests: {dropped}. Agent CPU during wrk: {', '.join(f'{c:.2f}' for c in cpu)} cores; "
-            f"peak RSS: {', '.join(f'{r:.0f}' for r in rss)} MB.\n"
-            f"Bars: loss <= 3%: {'met' if loss <= 0.03 else 'MISSED'}; zero dropped: "
-            f"{'met' if not any(max(d, 0) for d in paced_dropped) else 'MISSED'} (paced, at the rates above); "
-            f"at saturation {'none' if not any(max(d, 0) for d in dropped) else 'some'} dropped.\n"
-            f"per round, requests/s without: {[round(x) for x in base]}, with: {[round(x) for x in traced]}. "
-            "The machine (2 cores) is shared by wrk, nginx, the agent and other engineers' work: numbers are noisy.\n")
+    out += (f"\n{ROUNDS} rounds, the five modes alternating (order rotated each round); nginx 1 worker, 6-byte file, "
+            f"wrk -t1 -c{CONNECTIONS} -d{SECONDS}s over 127.0.0.1; the agent exports OTLP/HTTP to a local receiver "
+            "in the benchmark's process.\n\n")
+    rows = []
+    for m in MODES:
+        agent = m in agent_kreq
+        rows.append([m, median(rate[m]), "" if m == "without" else f"{100 * loss[m]:+.1f}%", median(nginx_cpu[m]),
+                     f"{median(agent_kreq[m]):.1f}" if agent else "", f"{median(agent_cores[m]):.2f}" if agent else "",
+                     f"{dropped[m]}" if agent else ""])
+    out += table(["mode", "nginx requests/s (median)", "loss", "nginx CPU ms per 1,000 requests",
+                  "agent CPU ms per 1,000 requests", "agent cores", "nginx spans dropped per round"], rows)
+    out += ("\nPer round, requests/s: " + "; ".join(f"{m}: {[round(x) for x in rate[m]]}" for m in MODES) + ".\n"
+            f"Kernel only: {kernel_records} records per round drained and thrown away. "
+            f"The agent (every process) also makes wrk's CLIENT spans: 2 spans per request.\n"
+            f"Paced, agent (wrk -c{PACED_CONNECTIONS}, 1 ms delay after each response): {[round(r) for r in paced_rate]} "
+            f"requests/s, nginx spans dropped per round: {paced_dropped}. Agent peak RSS: "
+            f"{', '.join(f'{x:.0f}' for x in rss)} MB.\n"
+            f"The agent's own counters at its exit, per round (saturated and paced together; wrk's messages "
+            f"included): {counted}.\n")
+    out += (f"\nBars: loss <= 3% at saturation: {'met' if loss['agent'] <= 0.03 else 'MISSED'} "
+            f"(agent {100 * loss['agent']:+.1f}%, the empty hooks alone {100 * loss['hooks only']:+.1f}%); "
+            f"zero dropped up to 20,000 requests/s: "
+            f"{'met' if not any(max(x, 0) for x in paced_dropped) else 'MISSED'} (paced, at the rates above); "
+            f"at saturation {'none' if not any(max(x, 0) for x in dropped['agent']) else 'some'} dropped.\n"
+            "The machine has 2 cores, shared by wrk, nginx, the agent and the receiver: at saturation every "
+            "CPU cycle the agent spends is taken from nginx or wrk.\n")
     return out
 
 

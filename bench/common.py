@@ -55,16 +55,16 @@ def run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, check=True, capture_output=True, text=True, **kw)
 
 
-def start_agent(endpoint: str, sensors: str, log_path: str) -> subprocess.Popen:
+def start_agent(endpoint: str, sensors: str, log_path: str, env: dict | None = None) -> subprocess.Popen:
     """`otelbpf run --sensors SENSORS` exporting OTLP/HTTP to endpoint, as a user runs it;
     returns once the agent says it is running (its stderr goes to log_path)."""
     import sys
     from pathlib import Path
 
-    env = dict(os.environ, OTEL_EXPORTER_OTLP_ENDPOINT=endpoint, OTEL_EXPORTER_OTLP_PROTOCOL="http/protobuf")
+    env = dict(os.environ, OTEL_EXPORTER_OTLP_ENDPOINT=endpoint, OTEL_EXPORTER_OTLP_PROTOCOL="http/protobuf",
+               **(env or {}))
     log = Path(log_path)
-    nice = os.environ.get("BENCH_AGENT_PREFIX", "").split()
-    agent = subprocess.Popen([*nice, sys.executable, "-m", "otelbpf", "run", "--sensors", sensors, "--no-console"],
+    agent = subprocess.Popen([sys.executable, "-m", "otelbpf", "run", "--sensors", sensors, "--no-console"],
                              env=env, stderr=log.open("w"))
     deadline = time.monotonic() + 60
     while "running" not in log.read_text() and time.monotonic() < deadline:

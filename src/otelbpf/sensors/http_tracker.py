@@ -23,6 +23,7 @@ import random
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from types import MappingProxyType
 
 from otelbpf.protocols import http1
 from otelbpf.signals.model import SpanKind, SpanRecord, StatusCode
@@ -132,6 +133,7 @@ class HttpTracker:
         self._parsed: dict[bytes, list] = {}
         self._described: dict[tuple, tuple] = {}  # see _finish
         self._targets: dict[tuple[int, str], tuple[str, str, str]] = {}  # (pid, target) -> path, query, route
+        self._exchanges: dict[tuple, tuple] = {}  # see exchange
         self.unparsed = 0      # messages that started like HTTP but did not parse
         self.unmatched = 0     # responses with no request seen (connection older than the agent)
         self.evicted = 0       # open exchanges lost to the bounds
@@ -160,23 +162,65 @@ class HttpTracker:
 
     def exchange(self, m: Message, end_ns: int, status: int) -> None:
         """A request and its response's status, paired in the kernel (m is the request, as
-        read by a server or written by a client). Requests pipelined in the same message wait
-        for their responses like any other."""
-        requests = self._parse(m.payload, http1.parse_requests)
+        read by a server or written by a client). The common case (one request in the
+        message) is described once per distinct request, connection and status, and its spans
+        share one read-only attribute set, which the OTLP encoder then encodes once too.
+        Requests pipelined behind the first in one message wait for their responses like any
+        other."""
+        key = (m.payload, m.pid, m.direction, m.tls, m.family, m.local_address, m.local_port, m.peer_address,
+               m.peer_port, status)
+        known = self._exchanges.get(key)
+        if known is None:
+            requests = self._parse(m.payload, http1.parse_requests)
+            if len(requests) != 1:
+                self._exchange_slowly(m, end_ns, status, requests)
+                return
+            known = self._describe_exchange(m, requests[0], status)
+            if len(self._exchanges) >= MAX_CACHED:
+                self._exchanges.clear()
+            self._exchanges[key] = known
+        attrs, name, status_code, method, route, scheme, error_type, context = known
+        server = m.direction == 1
+        span_id = self._rng.getrandbits(64).to_bytes(8, "big")
+        if context is not None:
+            if server:
+                trace_id, parent_id = context.trace_id, context.parent_id
+            else:  # an instrumented client: its header names the span it sends from
+                trace_id, span_id, parent_id = context.trace_id, context.parent_id, b""
+        else:
+            parent = None if server else self._active_server.get((m.pid, m.tid))
+            if parent is not None:
+                trace_id, parent_id = parent.trace_id, parent.span_id
+            else:
+                trace_id, parent_id = self._rng.getrandbits(128).to_bytes(16, "big"), b""
+        span = SpanRecord(
+            trace_id=trace_id, span_id=span_id, parent_span_id=parent_id, name=name,
+            kind=SpanKind.SERVER if server else SpanKind.CLIENT,
+            start_time_unix_nano=m.ktime_ns + self._offset, end_time_unix_nano=end_ns + self._offset,
+            attributes=attrs, status_code=status_code)
+        self._on_span(CompletedSpan(m.pid, span, max(end_ns - m.ktime_ns, 0) / 1e9, method, route, scheme,
+                                    status, error_type))
+
+    def _describe_exchange(self, m: Message, request: http1.Request, status: int) -> tuple:
+        attrs, name, status_code, method, route, scheme, error_type = self._describe(
+            m, request, m.direction == 1, status, None)
+        return (MappingProxyType(attrs), name, status_code, method, route, scheme, error_type,
+                http1.parse_traceparent(request.traceparent))
+
+    def _exchange_slowly(self, m: Message, end_ns: int, status: int, requests: list) -> None:
         if not requests:
             self.unparsed += 1
             return
         m.payload = b""
         self._finish(self._open(requests[0], m, m.direction == 1), end_ns, status, None)
-        if len(requests) > 1:
-            key = (m.pid, m.sock)
-            conn = self._connections.get(key)
-            if conn is None:
-                conn = self._connections[key] = _Connection()
-            queue = conn.server if m.direction == 1 else conn.client
-            for request in requests[1:]:
-                queue.append(self._open(request, m, m.direction == 1))
-                self.open += 1
+        key = (m.pid, m.sock)
+        conn = self._connections.get(key)
+        if conn is None:
+            conn = self._connections[key] = _Connection()
+        queue = conn.server if m.direction == 1 else conn.client
+        for request in requests[1:]:
+            queue.append(self._open(request, m, m.direction == 1))
+            self.open += 1
 
     def _requests(self, conn: _Connection, m: Message) -> None:
         requests = self._parse(m.payload, http1.parse_requests)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterable
+from types import MappingProxyType
 from itertools import chain, repeat
 from typing import TypeVar
 
@@ -126,6 +127,8 @@ class _AttributeEncoder:
 
     Only exact str and int values are cached, each type in its own dict: in one dict True, 1
     and 1.0 would be the same key. Keys and list elements have their own small caches.
+    Read-only attribute sets (MappingProxyType: a producer shares one among many records,
+    as the HTTP tracker does) are encoded once, whole.
     """
 
     def __init__(self, tag: bytes) -> None:
@@ -135,6 +138,8 @@ class _AttributeEncoder:
         self._keys: dict[str, bytes] = {}
         self._elements: dict[str, bytes] = {}
         self._columns: dict[tuple[str, type], dict[AttrValue, bytes]] = {}
+        # id -> (the set itself, so that its id stays its own while cached; its fields)
+        self._shared: dict[int, tuple[MappingProxyType, list[bytes]]] = {}
 
     def field(self, key: str, value: AttrValue) -> bytes:
         prefix = self._keys.get(key) or self._key_prefix(key)
@@ -176,6 +181,15 @@ class _AttributeEncoder:
 
     def fields(self, attributes: Attributes) -> list[bytes]:
         """Every attribute as a tagged KeyValue field; str and int pairs come from the caches."""
+        if type(attributes) is MappingProxyType:
+            shared = self._shared.get(id(attributes))
+            if shared is not None and shared[0] is attributes:
+                return shared[1]
+            if len(self._shared) >= _CACHE_LIMIT:
+                self._shared.clear()
+            fields = [b"".join(self.fields(dict(attributes)))]
+            self._shared[id(attributes)] = (attributes, fields)
+            return fields
         str_cache, int_cache, store = self._str, self._int, self._store
         out = []
         for item in attributes.items():
