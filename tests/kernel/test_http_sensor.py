@@ -10,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import pytest
 
@@ -162,6 +163,51 @@ def test_a_request_sent_while_serving_is_a_child_of_the_server_span(server):
     backs = [s for s in servers if s.attributes["url.path"] == "/back"]
     assert len(backs) == 3
     assert registry.counter("otelbpf.http.kernel_exchanges").value() > 0
+
+
+def test_a_server_in_a_container_cgroup_has_its_container_id(server):
+    """A real cgroup v2 directory named as Docker names a container's scope, the server moved
+    into it: its spans' resource carries that id."""
+    from otelbpf.enrich.containers import find_cgroup2_root
+
+    proc, port = server
+    root = find_cgroup2_root()
+    assert root, "no cgroup v2 hierarchy mounted"
+    container = "c0ffee" * 10 + "abcd"
+    scope = Path(root, f"docker-{container}.scope")
+    scope.mkdir()
+    try:
+        Path(scope, "cgroup.procs").write_text(str(proc.pid))
+        batches: list = []
+        with running(HttpSensor(batches.append, Registry(), Resource.of({"host.name": "t"}))):
+            exchange(port, b"GET /in-container HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", 1)
+            time.sleep(0.3)
+        resources = [dict(b.resource.attributes) for b in batches
+                     if any(s.attributes.get("url.path") == "/in-container" for s in b.spans)]
+        assert [r.get("container.id") for r in resources] == [container]
+        assert resources[0]["process.pid"] == proc.pid
+    finally:
+        Path(root, "cgroup.procs").write_text(str(proc.pid))  # back to the root, so the scope can go
+        scope.rmdir()
+
+
+@pytest.mark.parametrize("capture_bytes", [8192, 64])
+def test_capture_size_is_what_is_copied(server, capture_bytes):
+    """The largest capture carries a 6,000-byte header whole; a small one still gives the span."""
+    proc, port = server
+    agent = "probe/" + "u" * 6000
+    batches: list = []
+    with running(HttpSensor(batches.append, Registry(), Resource.of({"host.name": "t"}),
+                            capture_bytes=capture_bytes)):
+        exchange(port, f"GET /long HTTP/1.1\r\nHost: x\r\nUser-Agent: {agent}\r\n\r\n".encode(), 1)
+        time.sleep(0.3)
+    spans = [s for s in spans_of(batches, proc.pid, SpanKind.SERVER) if s.attributes["url.path"] == "/long"]
+    assert len(spans) == 1
+    assert spans[0].attributes.get("http.response.status_code") == 200
+    if capture_bytes == 8192:
+        assert spans[0].attributes["user_agent.original"] == agent
+    else:
+        assert len(spans[0].attributes.get("user_agent.original", "")) < 64
 
 
 def test_curl_client_spans_and_a_hangup(server):

@@ -562,6 +562,17 @@ enum { NR_read = 0, NR_write = 1, NR_close = 3, NR_readv = 19, NR_writev = 20, N
 #define SYSCALL_NR(regs) ((regs)->orig_ax)
 #endif
 
+/* A 32-bit process's syscalls are numbered from another table (x86-64's TS_COMPAT): they are
+ * left alone rather than misread (its read would be taken for a close). */
+static __always_inline int compat_syscall(void)
+{
+#if defined(__TARGET_ARCH_x86)
+	return bpf_get_current_task_btf()->thread_info.status & 0x0002;
+#else
+	return 0;
+#endif
+}
+
 /* Reads are taken at syscall exit only, when the bytes are there: the arguments are still in
  * the task's saved registers, so no entry program and no per-thread table are needed.
  * kind: 0 a plain buffer (read, recvfrom), 1 an iovec array (readv), 2 a msghdr (recvmsg). */
@@ -662,6 +673,8 @@ static __always_inline void on_zero_copy(__u32 fd, __u32 what)
 SEC("tp_btf/sys_enter")
 int BPF_PROG(on_sys_enter, struct pt_regs *regs, long id)
 {
+	if (compat_syscall())
+		return 0;
 	switch (id) {
 	case NR_write:
 	case NR_sendto:
@@ -694,7 +707,7 @@ int BPF_PROG(on_sys_exit, struct pt_regs *regs, long ret)
 {
 	/* A read of fewer than 8 bytes (EAGAIN, EOF, small pipe reads) is never HTTP: the
 	 * cheapest test goes first, before the syscall number is even read. */
-	if (ret < 8)
+	if (ret < 8 || compat_syscall())
 		return 0;
 	switch (SYSCALL_NR(regs)) {
 	case NR_read:

@@ -39,6 +39,21 @@ def container_id_from_cgroup(path: str) -> str | None:
     return None
 
 
+def container_id_of_pid(pid: int) -> str | None:
+    """The container id of a running process, from /proc/<pid>/cgroup (None: not in a
+    container, or gone)."""
+    try:
+        with open(f"/proc/{pid}/cgroup", encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        found = container_id_from_cgroup(line.split(":", 2)[-1])
+        if found:
+            return found
+    return None
+
+
 def find_cgroup2_root(mountinfo: str = "/proc/self/mountinfo") -> str | None:
     """Where the cgroup v2 hierarchy is mounted: /sys/fs/cgroup, or /sys/fs/cgroup/unified
     on hybrid hosts; None on cgroup v1-only hosts."""

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from otelbpf.enrich.containers import container_id_of_pid
 from otelbpf.kernel import BpfObject, Program
 from otelbpf.kernel.errors import BpfError
 from otelbpf.kernel.ringbuf import RingBufferReader
@@ -37,6 +38,8 @@ LIBSSL = "/usr/lib/x86_64-linux-gnu/libssl.so.3"
 DURATION_BOUNDS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10)
 DRAIN_SLICE = 1 << 20     # ring bytes decoded at once (about 2,900 records of 256 captured bytes)
 MAX_ENDPOINTS = 49152  # connections whose endpoints are remembered (kernel's http_socks: 32768)
+MAX_KEPT_REQUESTS = 16384  # connections whose request the kernel keeps for its response at once
+KEPT_REQUESTS_MEMORY = 32 << 20  # bytes for them: 4,080 connections at the largest capture size
 SELECTION_INTERVAL = 5.0  # seconds between re-reads of which processes match the selection
 KEEP_RECENT = 4096        # finished spans kept for live views and tests
 # The ring wakes the reader for the first record written after it caught up: a reader that
@@ -172,8 +175,11 @@ class HttpSensor:
             obj.set_rodata(capture_bytes=self._capture_bytes, self_pid=os.getpid(),
                            filter_pids=int(not self._selection.everything))
             obj.maps["http_events"].set_max_entries(self._ringbuf_bytes)
-            # A kept request: the kernel's struct pending, then capture_bytes of the request.
-            obj.maps["pending"].set_value_size(he.PENDING_HEADER_SIZE + self._capture_bytes)
+            # A kept request: the kernel's struct pending, then capture_bytes of the request. The
+            # map is preallocated: fewer connections can keep a request when captures are large.
+            kept = he.PENDING_HEADER_SIZE + self._capture_bytes
+            obj.maps["pending"].set_value_size(kept)
+            obj.maps["pending"].set_max_entries(min(MAX_KEPT_REQUESTS, KEPT_REQUESTS_MEMORY // kept))
             obj.load()
             # Records all have one size (header + capture_bytes): the reader's strided fast path.
             self._reader = RingBufferReader(obj.maps["http_events"], he.HTTP_EVENT.itemsize + self._capture_bytes)
@@ -371,8 +377,8 @@ class HttpSensor:
         return str(dict(resource.attributes).get("service.name", "unknown"))
 
     def _process_resource(self, pid: int, comm: bytes = b"") -> Resource:
-        """The host's resource plus the process: service.name is the executable's name
-        (the kernel's comm when the process is already gone)."""
+        """The host's resource plus the process and its container: service.name is the
+        executable's name (the kernel's comm when the process is already gone)."""
         resource = self._resources.get(pid)
         if resource is None:
             try:
@@ -384,6 +390,9 @@ class HttpSensor:
                      "process.executable.name": name}
             if path:
                 attrs["process.executable.path"] = path
+            container = container_id_of_pid(pid)
+            if container:
+                attrs["container.id"] = container
             if len(self._resources) >= 4 * KEEP_RECENT:
                 self._resources.clear()
             resource = self._resources[pid] = Resource.of(attrs)
