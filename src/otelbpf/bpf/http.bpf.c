@@ -66,6 +66,10 @@ struct ssl_call {
 	__u64 fd;              /* the fd of that syscall */
 };
 
+/* Entries in ssl_calls: while there are none, which is most of the time on most hosts, a
+ * socket message needs no lookup there. */
+__u64 ssl_calls_in_flight = 0;
+
 /* The socket under an SSL object. */
 struct ssl_sock {
 	__u64 sock;
@@ -508,8 +512,11 @@ static __always_inline void emit(__u64 pid_tgid, struct sock *sk, __u32 fd, cons
 /* Inside an SSL call the syscall carries ciphertext: remember its socket, copy nothing. */
 static __always_inline int in_ssl_call(__u64 pid_tgid, struct sock *sk, __u32 fd)
 {
-	struct ssl_call *call = bpf_map_lookup_elem(&ssl_calls, &pid_tgid);
+	struct ssl_call *call;
 
+	if (!ssl_calls_in_flight)  /* no thread anywhere is inside an SSL call: no lookup */
+		return 0;
+	call = bpf_map_lookup_elem(&ssl_calls, &pid_tgid);
 	if (!call)
 		return 0;
 	call->sock = (__u64)sk;
@@ -739,7 +746,10 @@ static __always_inline void ssl_enter(__u64 ssl, __u64 buf, __u64 num, __u64 out
 	call.num = num;
 	call.out_len = out_len;
 	call.ktime_ns = bpf_ktime_get_ns();
-	bpf_map_update_elem(&ssl_calls, &pid_tgid, &call, BPF_ANY);
+	if (!bpf_map_update_elem(&ssl_calls, &pid_tgid, &call, BPF_NOEXIST))
+		__sync_fetch_and_add(&ssl_calls_in_flight, 1);
+	else  /* the thread's last call never returned (a longjmp, a kill): replace it */
+		bpf_map_update_elem(&ssl_calls, &pid_tgid, &call, BPF_ANY);
 }
 
 /* ret: bytes (SSL_read/SSL_write) or 1 for success (_ex, the count is at out_len). */
@@ -768,7 +778,8 @@ static __always_inline void ssl_exit(long ret, __u8 direction)
 	if (ret > 0 && size > 0 && call->sock)
 		emit(pid_tgid, (struct sock *)call->sock, call->fd, (const void *)call->buf, size, direction,
 		     HTTP_SOURCE_SSL, direction == HTTP_EGRESS ? call->ktime_ns : bpf_ktime_get_ns());
-	bpf_map_delete_elem(&ssl_calls, &pid_tgid);
+	if (!bpf_map_delete_elem(&ssl_calls, &pid_tgid))
+		__sync_fetch_and_add(&ssl_calls_in_flight, -1);
 }
 
 SEC("uprobe")
