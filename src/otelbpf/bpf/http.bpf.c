@@ -2,18 +2,20 @@
 /* HTTP/1.x capture from syscall tracepoints (Coroot's approach: no kprobes needed), and the
  * plaintext of TLS connections from uprobes on libssl.
  *
- * - sys_enter_{write,writev,sendto,sendmsg}: the buffer is there at entry.
- * - sys_exit_{read,readv,recvfrom,recvmsg}: the buffer and fd from the saved registers, the
+ * Two BTF raw tracepoints, sys_enter and sys_exit, dispatch on the syscall number:
+ * - write, writev, sendto, sendmsg at entry: the buffer is there.
+ * - read, readv, recvfrom, recvmsg at exit: the fd and buffer from the saved registers, the
  *   bytes the kernel filled in.
- * - sys_enter_close: the end of a connection that carried HTTP (known by (tgid, fd): any other
+ * - close at entry: the end of a connection that carried HTTP (known by (tgid, fd): any other
  *   close costs one hash lookup).
  * Work per syscall is kept tiny and in this order: skip our own process and unselected ones,
  * then "is this fd a TCP socket" (task->files->fdt->fd[fd], S_ISSOCK, the socket's family),
- * then "does the message start like HTTP/1.x" from its first 8 bytes. Only then is anything
- * copied: the first `capture_bytes` bytes, to one ring buffer. Other socket traffic is
- * counted, never copied.
- * - uprobes on SSL_read/SSL_write (and _ex): the same events with the plaintext; the socket
- *   is the one the thread's syscall inside the SSL call used, remembered per SSL object.
+ * then "does the message start like HTTP/1.x" from its first bytes. Only then is anything
+ * copied: the first `capture_bytes` bytes of a request into the connection's entry in
+ * `pending`, and, when its response passes, both as one record into the ring buffer (see
+ * "pairing in the kernel" below). Other socket traffic is counted, never copied.
+ * - uprobes on SSL_read/SSL_write (and _ex): the same with the plaintext; the socket is the
+ *   one the thread's syscall inside the SSL call used, remembered per SSL object.
  */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
