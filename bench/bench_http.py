@@ -9,10 +9,13 @@ five modes, alternating in one run with the order rotated every round:
 - agent: `otelbpf run --sensors http` as a user runs it (every process: nginx's SERVER spans
   and wrk's CLIENT spans), exporting OTLP/HTTP to a local endpoint that keeps the bodies and
   decodes them between runs;
-- agent, nginx only: the same with the open-port selection set to nginx's port.
+- agent, nginx only: the same with the open-port selection set to nginx's port;
+- burner: no BPF at all, a process that only burns as much CPU as the agent used (its median
+  so far; 0.4 cores before the first agent round), in 10 ms periods: what sharing the two
+  cores with any such process costs nginx.
 
 For the agent modes: nginx SERVER spans received vs nginx's access-log count (dropped spans),
-at saturation and paced (wrk with a Lua delay: 40 connections, 1 ms between a response and the
+at saturation and paced (wrk with a Lua delay: 44 connections, 1 ms between a response and the
 next request: about 20,000 requests/s here); CPU per 1,000 requests of nginx (the kernel-side
 cost runs in its syscalls) and of the agent; the agent's peak RSS.
 Bars: <= 3% loss at saturation; zero dropped spans up to 20,000 requests/s.
@@ -50,7 +53,7 @@ BPF_DIR = Path(he.__file__).resolve().parent.parent / "bpf"
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", 3))
 SECONDS = 5
 CONNECTIONS = 32
-PACED_CONNECTIONS = 40  # with a 1 ms pause after each response: about 20,000 requests/s here
+PACED_CONNECTIONS = 44  # with a 1 ms pause after each response: about 20,000 requests/s here
 PACED_LUA = "function delay() return 1 end\n"
 CONF = """daemon off; master_process off; worker_processes 1; user root;
 error_log {d}/error.log; pid {d}/nginx.pid; events {{ worker_connections 1024; }}
@@ -209,16 +212,30 @@ class HooksOnly:
         self.obj.close()
 
 
-MODES = ("without", "hooks only", "kernel only", "agent", "agent, nginx only")
+MODES = ("without", "hooks only", "kernel only", "agent", "agent, nginx only", "burner")
+BURNER = """import sys, time
+busy, idle = float(sys.argv[1]), float(sys.argv[2])
+while True:
+    until = time.monotonic() + busy
+    while time.monotonic() < until:
+        pass
+    time.sleep(idle)
+"""
+
+
+def start_burner(cores: float) -> subprocess.Popen:
+    period = 0.01
+    return subprocess.Popen([sys.executable, "-c", BURNER, str(cores * period), str((1 - cores) * period)])
 
 
 def main() -> str:
     spans = ServerSpans()
     rate = {m: [] for m in MODES}
     nginx_cpu = {m: [] for m in MODES}
-    agent_kreq = {m: [] for m in MODES[3:]}
-    agent_cores = {m: [] for m in MODES[3:]}
-    dropped = {m: [] for m in MODES[3:]}
+    agent_kreq = {m: [] for m in MODES[3:5]}
+    agent_cores = {m: [] for m in MODES[3:5]}
+    dropped = {m: [] for m in MODES[3:5]}
+    burner_cores: list[float] = []
     rss, paced_rate, paced_dropped, counted, kernel_records = [], [], [], [], []
     sink = RawSink()
     with tempfile.TemporaryDirectory() as d:
@@ -263,6 +280,16 @@ def main() -> str:
                             measured(mode)
                         finally:
                             hooks.close()
+                    elif mode == "burner":
+                        want = median(agent_cores["agent"]) if agent_cores["agent"] else 0.4
+                        burner = start_burner(want)
+                        try:
+                            b0, t0 = cpu_seconds(burner.pid), time.monotonic()
+                            measured(mode)
+                            burner_cores.append((cpu_seconds(burner.pid) - b0) / (time.monotonic() - t0))
+                        finally:
+                            burner.kill()
+                            burner.wait()
                     elif mode == "kernel only":
                         kernel = KernelOnly()
                         try:
@@ -295,7 +322,7 @@ def main() -> str:
     base = median(rate["without"])
     loss = {m: 1 - median(rate[m]) / base for m in MODES}
     out = header("HTTP sensor overhead")
-    out += (f"\n{ROUNDS} rounds, the five modes alternating (order rotated each round); nginx 1 worker, 6-byte file, "
+    out += (f"\n{ROUNDS} rounds, the six modes alternating (order rotated each round); nginx 1 worker, 6-byte file, "
             f"wrk -t1 -c{CONNECTIONS} -d{SECONDS}s over 127.0.0.1; the agent exports OTLP/HTTP to a local endpoint "
             "that keeps the bodies while wrk runs and decodes them between runs (a collector would be on "
             "another machine).\n\n")
@@ -309,6 +336,7 @@ def main() -> str:
                   "agent CPU ms per 1,000 requests", "agent cores", "nginx spans dropped per round"], rows)
     out += ("\nPer round, requests/s: " + "; ".join(f"{m}: {[round(x) for x in rate[m]]}" for m in MODES) + ".\n"
             f"Kernel only: {kernel_records} records per round drained and thrown away. "
+            f"Burner: {', '.join(f'{c:.2f}' for c in burner_cores)} cores used per round. "
             f"The agent (every process) also makes wrk's CLIENT spans: 2 spans per request.\n"
             f"Paced, agent (wrk -c{PACED_CONNECTIONS}, 1 ms delay after each response): {[round(r) for r in paced_rate]} "
             f"requests/s, nginx spans dropped per round: {paced_dropped}. Agent peak RSS: "
@@ -316,7 +344,8 @@ def main() -> str:
             f"The agent's own counters at its exit, per round (saturated and paced together; wrk's messages "
             f"included): {counted}.\n")
     out += (f"\nBars: loss <= 3% at saturation: {'met' if loss['agent'] <= 0.03 else 'MISSED'} "
-            f"(agent {100 * loss['agent']:+.1f}%, the empty hooks alone {100 * loss['hooks only']:+.1f}%); "
+            f"(agent {100 * loss['agent']:+.1f}%, the empty hooks alone {100 * loss['hooks only']:+.1f}%, "
+            f"a process burning the agent's CPU without any BPF {100 * loss['burner']:+.1f}%); "
             f"zero dropped up to 20,000 requests/s: "
             f"{'met' if not any(max(x, 0) for x in paced_dropped) else 'MISSED'} (paced, at the rates above); "
             f"at saturation {'none' if not any(max(x, 0) for x in dropped['agent']) else 'some'} dropped.\n"

@@ -258,6 +258,8 @@ struct {
 struct serving {
 	__u64 sock;
 	__u64 start_ns;
+	__u32 fd;
+	__u32 _pad;
 };
 
 struct {
@@ -405,7 +407,7 @@ static __always_inline void release_serving_request(__u64 pid_tgid)
 	key.sock = serving->sock;
 	p = bpf_map_lookup_elem(&pending, &key);
 	if (p && p->state == PENDING_REQUEST && p->start_ns == serving->start_ns)
-		pass_through(pid_tgid, (struct sock *)serving->sock, 0, p);
+		pass_through(pid_tgid, (struct sock *)serving->sock, serving->fd, p);
 	serving->sock = 0;
 }
 
@@ -461,6 +463,7 @@ static __always_inline void on_request(__u64 pid_tgid, struct sock *sk, __u32 fd
 		if (serving) {
 			serving->sock = (__u64)sk;
 			serving->start_ns = ktime_ns;
+			serving->fd = fd;
 		}
 	}
 }
@@ -812,10 +815,17 @@ int BPF_KRETPROBE(ssl_write_exit, int ret)
 	return 0;
 }
 
-/* Keep the user-space-facing struct in the object's BTF for the layout check. */
+/* Keep the structs user space mirrors in the object's BTF for the layout check. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, 1);
 	__type(key, __u32);
 	__type(value, struct http_event);
 } http_event_layout SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct pending);
+} pending_layout SEC(".maps");

@@ -172,6 +172,7 @@ class HttpSensor:
         obj = BpfObject(self._bpf_object)
         try:
             obj.check_layout("http_event", he.HTTP_EVENT)
+            obj.check_layout("pending", he.PENDING)
             obj.set_rodata(capture_bytes=self._capture_bytes, self_pid=os.getpid(),
                            filter_pids=int(not self._selection.everything))
             obj.maps["http_events"].set_max_entries(self._ringbuf_bytes)

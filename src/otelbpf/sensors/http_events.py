@@ -15,8 +15,14 @@ HTTP_EVENT = np.dtype([
     ("_pad2", "<u4"),
 ])
 
-# struct pending in http.bpf.c: a request the kernel keeps for its response (then its bytes).
-PENDING_HEADER_SIZE = 32
+# struct pending in http.bpf.c: a request the kernel keeps for its response; its bytes follow.
+# Only its size matters here (the map's value size is set from it), the fields are checked
+# against BTF so that the size cannot drift from the kernel's.
+PENDING = np.dtype([
+    ("start_ns", "<u8"), ("tid", "<u4"), ("size", "<u4"), ("captured", "<u2"), ("direction", "u1"),
+    ("source", "u1"), ("state", "u1"), ("_pad", "V7"), ("_pad2", "V4"),
+])
+PENDING_HEADER_SIZE = PENDING.itemsize
 
 # Indexes of the kernel's per-CPU counters (http_counts in http.bpf.c).
 COUNT_RING_FULL, COUNT_NOT_HTTP, COUNT_READS_FULL, COUNT_SENDFILE, COUNT_SPLICE = range(5)
