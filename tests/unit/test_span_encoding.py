@@ -59,3 +59,23 @@ def test_status_and_kind_survive():
     decoded = ExportTraceServiceRequest.FromString(encode_traces_request([SpanBatch(HOST, "s", [span])]))
     s = decoded.resource_spans[0].scope_spans[0].spans[0]
     assert s.kind == trace_pb2.Span.SPAN_KIND_SERVER and s.status.code == trace_pb2.Status.STATUS_CODE_ERROR
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(spans, min_size=1, max_size=8), st.integers(min_value=1, max_value=4))
+def test_shared_read_only_attributes_encode_like_a_dict(batch_spans, sharing):
+    """Spans that share one MappingProxyType (as the HTTP tracker's do) are encoded from a
+    cache keyed by that object: each must still decode to its own attributes, including
+    proxies made and freed one after another (their ids can repeat)."""
+    from types import MappingProxyType
+
+    shared = [MappingProxyType(dict(s.attributes)) for s in batch_spans[:sharing]]
+    for i, span in enumerate(batch_spans):
+        span.attributes = shared[i % len(shared)]
+    batch = SpanBatch(HOST, "otelbpf.sensors.http", batch_spans)
+    assert ExportTraceServiceRequest.FromString(encode_traces_request([batch])) == official(batch)
+    for i in range(20):  # short-lived proxies, each encoded once
+        span = SpanRecord(b"\x01" * 16, b"\x02" * 8, "x", SpanKind.SERVER, 1, 2,
+                          attributes=MappingProxyType({"n": i}))
+        decoded = ExportTraceServiceRequest.FromString(encode_traces_request([SpanBatch(HOST, "s", [span])]))
+        assert decoded.resource_spans[0].scope_spans[0].spans[0].attributes[0].value.int_value == i
