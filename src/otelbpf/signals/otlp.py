@@ -13,7 +13,7 @@ come at request rates (thousands per second), not at event rates.
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from types import MappingProxyType
 from itertools import chain, repeat
 from typing import TypeVar
@@ -301,6 +301,16 @@ def _event_name_field(name: str) -> bytes:
     return field
 
 
+def _append_fields(out: list[bytes], tag: bytes, bodies: list[bytes]) -> None:
+    """Appends each body as a length-delimited field with tag (records, spans)."""
+    lengths = list(map(len, bodies))
+    if lengths and max(lengths) < len(_LENGTHS):  # all C-level: interleave tag, length, body
+        out.extend(chain.from_iterable(zip(repeat(tag), map(_LENGTHS.__getitem__, lengths), bodies)))
+    else:
+        for body, n in zip(bodies, lengths):
+            out += (tag, _varint(n), body)
+
+
 def _encode_log_records(batches: Iterable[LogBatch], out: list[bytes]) -> None:
     """Appends tagged ScopeLogs.log_records fields, one per record, to out."""
     for batch in batches:
@@ -312,14 +322,7 @@ def _encode_log_records(batches: Iterable[LogBatch], out: list[bytes]) -> None:
             rows = _encode_columns(records, keys)
         else:
             rows = _encode_rows(records)
-        lengths = list(map(len, rows))
-        if max(lengths) < len(_LENGTHS):  # all C-level: interleave tag, length, body
-            out.extend(chain.from_iterable(
-                zip(repeat(_TAG_LOG_RECORD), map(_LENGTHS.__getitem__, lengths), rows)
-            ))
-        else:
-            for body, n in zip(rows, lengths):
-                out += (_TAG_LOG_RECORD, _varint(n), body)
+        _append_fields(out, _TAG_LOG_RECORD, rows)
 
 
 def _encode_columns(records: list[LogRecord], keys: list[str]) -> list[bytes]:
@@ -423,17 +426,25 @@ def _scope_message(scope: str) -> common_pb2.InstrumentationScope:
 
 def encode_logs_request(batches: Iterable[LogBatch]) -> bytes:
     """Serialized ExportLogsServiceRequest for the batches, grouped by (resource, scope)."""
-    resource_logs = []
+    return _encode_export_request(batches, _encode_log_records)
+
+
+def _encode_export_request(batches: Iterable, encode_items: Callable[[list, list[bytes]], None]) -> bytes:
+    """The request -> resource -> scope -> items nesting that logs and spans share (the same
+    field numbers): every level's fields go into one list, its length is summed rather than
+    built by joining, and the whole request is joined once: one copy of the bytes, not one
+    per level."""
+    out: list[bytes] = []
     for resource, scopes in _group(batches):
-        parts = [_length_delimited(_TAG_RESOURCE, _resource_message(resource).SerializeToString())]
+        level = [_length_delimited(_TAG_RESOURCE, _resource_message(resource).SerializeToString())]
         for scope, scope_batches in scopes.items():
-            scope_bytes = _length_delimited(_TAG_SCOPE, _scope_message(scope).SerializeToString())
-            records: list[bytes] = []
-            _encode_log_records(scope_batches, records)
-            records_bytes = b"".join(records)
-            parts.append(_length_delimited(_TAG_SCOPE_LOGS, scope_bytes + records_bytes))
-        resource_logs.append(_length_delimited(_TAG_RESOURCE_LOGS, b"".join(parts)))
-    return b"".join(resource_logs)
+            fields = [_length_delimited(_TAG_SCOPE, _scope_message(scope).SerializeToString())]
+            encode_items(scope_batches, fields)
+            level += (_TAG_SCOPE_LOGS, _varint(sum(map(len, fields))))
+            level += fields
+        out += (_TAG_RESOURCE_LOGS, _varint(sum(map(len, level))))
+        out += level
+    return b"".join(out)
 
 
 def logs_request(batches: Iterable[LogBatch]) -> ExportLogsServiceRequest:
@@ -556,18 +567,15 @@ def _encode_spans(spans: list[SpanRecord]) -> list[bytes]:
     return rows
 
 
+def _encode_span_batches(batches: Iterable[SpanBatch], out: list[bytes]) -> None:
+    """Appends tagged ScopeSpans.spans fields, one per span, to out."""
+    for batch in batches:
+        _append_fields(out, _TAG_SPAN, _encode_spans(batch.spans))
+
+
 def encode_traces_request(batches: Iterable[SpanBatch]) -> bytes:
     """Serialized ExportTraceServiceRequest for the batches, grouped by (resource, scope)."""
-    resource_spans = []
-    for resource, scopes in _group(batches):
-        parts = [_length_delimited(_TAG_RESOURCE, _resource_message(resource).SerializeToString())]
-        for scope, scope_batches in scopes.items():
-            body = [_length_delimited(_TAG_SCOPE, _scope_message(scope).SerializeToString())]
-            for batch in scope_batches:
-                body += (_TAG_SPAN + _varint(len(row)) + row for row in _encode_spans(batch.spans))
-            parts.append(_length_delimited(_TAG_SCOPE_LOGS, b"".join(body)))
-        resource_spans.append(_length_delimited(_TAG_RESOURCE_LOGS, b"".join(parts)))
-    return b"".join(resource_spans)
+    return _encode_export_request(batches, _encode_span_batches)
 
 
 def traces_request(batches: Iterable[SpanBatch]) -> ExportTraceServiceRequest:
