@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
+import time
 
 import pytest
 
@@ -23,6 +25,18 @@ def require_tool(name: str) -> str:
     path = shutil.which(name)
     require(path is not None, f"{name} is not installed")
     return path
+
+
+def wait_for_port(port: int, timeout: float = 10.0, host: str = "127.0.0.1") -> bool:
+    """True once something accepts connections on host:port, False after timeout seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection((host, port), timeout=0.2).close()
+            return True
+        except OSError:
+            time.sleep(0.05)
+    return False
 
 
 @pytest.fixture

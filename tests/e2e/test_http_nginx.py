@@ -16,7 +16,7 @@ from otelbpf.sensors.base import running
 from otelbpf.sensors.http import HttpSensor
 from otelbpf.signals.model import Resource, SpanKind
 from otelbpf.signals.registry import Registry
-from tests.conftest import require, require_tool
+from tests.conftest import require, require_tool, wait_for_port
 
 TRACE_IDS = [f"{i:032x}" for i in range(0x1000, 0x1000 + 23)]
 
@@ -66,14 +66,7 @@ def nginx(tmp_path):
     conf = tmp_path / "nginx.conf"
     conf.write_text(NGINX_CONF.format(prefix=tmp_path, port=port, tls_port=tls_port))
     proc = subprocess.Popen([binary, "-p", str(tmp_path), "-c", str(conf)], stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            break
-        except OSError:
-            time.sleep(0.05)
-    else:
+    if not wait_for_port(port):
         proc.kill()
         pytest.fail(f"nginx did not start: {proc.stderr.read().decode()[-500:]}")
     yield proc, port, tls_port, tmp_path / "access.log"

@@ -18,7 +18,7 @@ from otelbpf.sensors.base import running
 from otelbpf.sensors.http import DURATION_BOUNDS, HttpSensor, Selection, parse_ports
 from otelbpf.signals.model import Resource, SpanKind, StatusCode
 from otelbpf.signals.registry import Registry
-from tests.conftest import require_tool
+from tests.conftest import require_tool, wait_for_port
 
 SERVER = textwrap.dedent("""
     import sys, time
@@ -73,13 +73,7 @@ def free_port() -> int:
 def server():
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-c", SERVER, str(port)])
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            break
-        except OSError:
-            time.sleep(0.05)
+    wait_for_port(port)
     yield proc, port
     proc.terminate()
     proc.wait(timeout=10)
@@ -286,13 +280,7 @@ def test_aiohttp_keep_alive_and_pipelining():
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-c", AIOHTTP_SERVER, str(port)])
     try:
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                time.sleep(0.05)
+        wait_for_port(port, timeout=15)
         batches: list = []
         selection = Selection(parse_ports(str(port)))
         with running(HttpSensor(batches.append, Registry(), Resource.of({}), selection=selection)):

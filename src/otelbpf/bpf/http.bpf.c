@@ -217,6 +217,19 @@ static __always_inline __u32 record_size(void)
 	return sizeof(struct http_event) + n;
 }
 
+/* The bytes of a message of `size` that are copied: at most capture_bytes (a load-time
+ * constant, so the verifier knows the bound) and never past the hard ceiling. */
+static __always_inline __u32 capture_length(__u64 size)
+{
+	__u64 len = size;
+
+	if (len > capture_bytes)
+		len = capture_bytes;
+	if (len > OTELBPF_HTTP_MAX_CAPTURE)
+		len = OTELBPF_HTTP_MAX_CAPTURE;
+	return len;
+}
+
 /* --- pairing in the kernel ---------------------------------------------------------------
  * A request is kept per connection until its response passes the other way; then the two go
  * to user space as one record (the request's bytes, both times and the response's status), so
@@ -319,12 +332,8 @@ static __always_inline void emit_message(__u64 pid_tgid, struct sock *sk, __u32 
 				    __u8 direction, __u8 source, __u64 ktime_ns)
 {
 	struct http_event *e;
-	__u64 len = size;
+	__u32 len = capture_length(size);
 
-	if (len > capture_bytes)
-		len = capture_bytes;
-	if (len > OTELBPF_HTTP_MAX_CAPTURE)
-		len = OTELBPF_HTTP_MAX_CAPTURE;
 	barrier_var(len);
 	e = reserve();
 	if (!e)
@@ -349,12 +358,8 @@ static __always_inline void emit_pending(__u64 pid_tgid, struct sock *sk, __u32 
 				    __u8 direction, __u64 end_ns, __u16 status)
 {
 	struct http_event *e;
-	__u32 len = p->captured;
+	__u32 len = capture_length(p->captured);
 
-	if (len > capture_bytes)
-		len = capture_bytes;
-	if (len > OTELBPF_HTTP_MAX_CAPTURE)
-		len = OTELBPF_HTTP_MAX_CAPTURE;
 	barrier_var(len);
 	e = reserve();
 	if (!e)
@@ -416,7 +421,7 @@ static __always_inline void on_request(__u64 pid_tgid, struct sock *sk, __u32 fd
 				       __u8 direction, __u8 source, __u64 ktime_ns, struct pending *p,
 				       struct pending_key *key)
 {
-	__u32 zero = 0, len = size > capture_bytes ? capture_bytes : size;
+	__u32 zero = 0, len = capture_length(size);
 	struct serving *serving;
 	struct scratch *s;
 
@@ -445,8 +450,6 @@ static __always_inline void on_request(__u64 pid_tgid, struct sock *sk, __u32 fd
 			return;
 		}
 	}
-	if (len > OTELBPF_HTTP_MAX_CAPTURE)
-		len = OTELBPF_HTTP_MAX_CAPTURE;
 	barrier_var(len);
 	if (len < 1 || len > capture_bytes || bpf_probe_read_user((void *)(p + 1), len, buf))
 		return;
