@@ -9,7 +9,8 @@ HTTP_SOURCE_SYSCALL, HTTP_SOURCE_SSL = 0, 1
 MAX_CAPTURE = 8192  # OTELBPF_HTTP_MAX_CAPTURE
 
 HTTP_EVENT = np.dtype([
-    ("ktime_ns", "<u8"), ("start_ns", "<u8"), ("sock", "<u8"), ("pid", "<u4"), ("tid", "<u4"), ("fd", "<u4"), ("size", "<u4"),
+    ("ktime_ns", "<u8"), ("start_ns", "<u8"), ("sock", "<u8"), ("pid", "<u4"), ("tid", "<u4"), ("fd", "<u4"),
+    ("size", "<u4"),
     ("captured", "<u2"), ("direction", "u1"), ("source", "u1"), ("family", "<u2"), ("local_port", "<u2"),
     ("peer_port", "<u2"), ("status", "<u2"), ("local_addr", "V16"), ("peer_addr", "V16"), ("comm", "S16"),
     ("_pad2", "<u4"),

@@ -148,6 +148,14 @@ class HttpTracker:
                 for exchange in (*conn.server, *conn.client):
                     self._finish(exchange, m.ktime_ns, None, "connection_closed")
             return
+        conn = self._connection(key)
+        if m.payload.startswith(b"HTTP/"):
+            self._responses(conn, m)
+        else:
+            self._requests(conn, m)
+
+    def _connection(self, key: tuple[int, int]) -> _Connection:
+        """The state of a connection, made when new; the least recently used go past the bound."""
         conn = self._connections.get(key)
         if conn is None:
             conn = self._connections[key] = _Connection()
@@ -155,10 +163,7 @@ class HttpTracker:
                 self._evict_oldest()
         else:
             self._connections.move_to_end(key)
-        if m.payload.startswith(b"HTTP/"):
-            self._responses(conn, m)
-        else:
-            self._requests(conn, m)
+        return conn
 
     def exchange(self, m: Message, end_ns: int, status: int) -> None:
         """A request and its response's status, paired in the kernel (m is the request, as
@@ -181,18 +186,7 @@ class HttpTracker:
             self._exchanges[key] = known
         attrs, name, status_code, method, route, scheme, error_type, context = known
         server = m.direction == 1
-        span_id = self._rng.getrandbits(64).to_bytes(8, "big")
-        if context is not None:
-            if server:
-                trace_id, parent_id = context.trace_id, context.parent_id
-            else:  # an instrumented client: its header names the span it sends from
-                trace_id, span_id, parent_id = context.trace_id, context.parent_id, b""
-        else:
-            parent = None if server else self._active_server.get((m.pid, m.tid))
-            if parent is not None:
-                trace_id, parent_id = parent.trace_id, parent.span_id
-            else:
-                trace_id, parent_id = self._rng.getrandbits(128).to_bytes(16, "big"), b""
+        trace_id, span_id, parent_id = self._span_ids(context, server, m)
         span = SpanRecord(
             trace_id=trace_id, span_id=span_id, parent_span_id=parent_id, name=name,
             kind=SpanKind.SERVER if server else SpanKind.CLIENT,
@@ -213,14 +207,8 @@ class HttpTracker:
             return
         m.payload = b""
         self._finish(self._open(requests[0], m, m.direction == 1), end_ns, status, None)
-        key = (m.pid, m.sock)
-        conn = self._connections.get(key)
-        if conn is None:
-            conn = self._connections[key] = _Connection()
-        queue = conn.server if m.direction == 1 else conn.client
-        for request in requests[1:]:
-            queue.append(self._open(request, m, m.direction == 1))
-            self.open += 1
+        if len(requests) > 1:
+            self._queue(self._connection((m.pid, m.sock)), m, requests[1:])
 
     def _requests(self, conn: _Connection, m: Message) -> None:
         requests = self._parse(m.payload, http1.parse_requests)
@@ -228,6 +216,10 @@ class HttpTracker:
             self.unparsed += 1
             return
         m.payload = b""  # parsed: the open exchanges below need the rest of the message, not its bytes
+        self._queue(conn, m, requests)
+
+    def _queue(self, conn: _Connection, m: Message, requests: list[http1.Request]) -> None:
+        """An open exchange per request, waiting for its response (within the bounds)."""
         server = m.direction == 1
         queue = conn.server if server else conn.client
         for request in requests:
@@ -274,18 +266,21 @@ class HttpTracker:
         return found
 
     def _open(self, request: http1.Request, m: Message, server: bool) -> Exchange:
-        context = http1.parse_traceparent(request.traceparent)
+        trace_id, span_id, parent_id = self._span_ids(http1.parse_traceparent(request.traceparent), server, m)
+        return Exchange(request, m.ktime_ns, trace_id, span_id, parent_id, m)
+
+    def _span_ids(self, context: http1.TraceContext | None, server: bool, m: Message) -> tuple[bytes, bytes, bytes]:
+        """(trace id, span id, parent span id) of the span of the request in m."""
         span_id = self._rng.getrandbits(64).to_bytes(8, "big")
-        if server:
-            if context:
-                return Exchange(request, m.ktime_ns, context.trace_id, span_id, context.parent_id, m)
-            return Exchange(request, m.ktime_ns, self._trace_id(), span_id, b"", m)
-        if context:  # an instrumented client: its header names the span it sends from
-            return Exchange(request, m.ktime_ns, context.trace_id, context.parent_id, b"", m)
-        parent = self._active_server.get((m.pid, m.tid))
+        if context is not None:
+            if server:
+                return context.trace_id, span_id, context.parent_id
+            # an instrumented client: its header names the span it sends from
+            return context.trace_id, context.parent_id, b""
+        parent = None if server else self._active_server.get((m.pid, m.tid))
         if parent is not None:
-            return Exchange(request, m.ktime_ns, parent.trace_id, span_id, parent.span_id, m)
-        return Exchange(request, m.ktime_ns, self._trace_id(), span_id, b"", m)
+            return parent.trace_id, span_id, parent.span_id
+        return self._trace_id(), span_id, b""
 
     def _trace_id(self) -> bytes:
         return self._rng.getrandbits(128).to_bytes(16, "big")
