@@ -1,4 +1,5 @@
-"""Cross-check with a peer no one here wrote: bpftrace counts the same execs and exits."""
+"""Cross-check with a peer no one here wrote: bpftrace counts the same execs, exits and TCP
+connections. Each test starts from a freshly booted host's state: tracefs not mounted."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from otelbpf.enrich.host import host_resource
 from otelbpf.sensors.base import running
 from otelbpf.sensors.process import ProcessSensor
 from otelbpf.signals.registry import Registry
+from tests import bpftrace as bpftrace_tool
+from tests.bpftrace import fresh_tracefs
 from tests.conftest import require_tool
 
 RUNS = 223
@@ -33,46 +36,19 @@ def test_bpftrace_and_the_agent_count_the_same_execs_and_exits():
     script = (f'tracepoint:sched:sched_process_exec /str(args->filename) == "{binary}"/ {{ @execs = count(); }} '
               f'tracepoint:sched:sched_process_exit /comm == "{binary.name[:15]}" && pid == tid/ '
               '{ @exits = count(); }')
-    trace = subprocess.Popen([bpftrace, "-e", script], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    fresh_tracefs()
+    trace = bpftrace_tool.attach(bpftrace, script)
     with running(ProcessSensor(emit, Registry(), host_resource())):
         try:
-            banner: list[str] = []  # warnings may come before "Attaching N probes..."
-            while len(banner) < 20 and not any("Attaching" in line for line in banner):
-                line = trace.stdout.readline()
-                if not line:
-                    break
-                banner.append(line)
-            assert any("Attaching" in line for line in banner), banner  # bpftrace is attached from here on
             time.sleep(0.5)
             subprocess.run(["/bin/sh", "-c", f"i=0; while [ $i -lt {RUNS} ]; do {binary}; i=$((i+1)); done"],
                            check=True, timeout=120)
             time.sleep(0.5)
         finally:
-            trace.send_signal(2)  # SIGINT: bpftrace prints its maps and exits
-            out, _ = trace.communicate(timeout=30)
+            peer = bpftrace_tool.maps(trace)
             binary.unlink()
-    peer = {line.split(":")[0].strip("@"): int(line.split(":")[1]) for line in out.splitlines() if line.startswith("@")}
     assert peer == {"execs": RUNS, "exits": RUNS}
     assert counts == {"process.exec": RUNS, "process.exit": RUNS}
-
-
-def _attach_bpftrace(bpftrace: str, script: str) -> subprocess.Popen:
-    trace = subprocess.Popen([bpftrace, "-e", script], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    banner: list[str] = []  # warnings may come before "Attaching N probes..."
-    while len(banner) < 20 and not any("Attaching" in line for line in banner):
-        line = trace.stdout.readline()
-        if not line:
-            break
-        banner.append(line)
-    assert any("Attaching" in line for line in banner), banner
-    return trace
-
-
-def _bpftrace_maps(trace: subprocess.Popen) -> dict[str, int]:
-    trace.send_signal(2)  # SIGINT: bpftrace prints its maps and exits
-    out, _ = trace.communicate(timeout=30)
-    return {line.split(":")[0].strip("@"): int(line.split(":")[1]) for line in out.splitlines()
-            if line.startswith("@")}
 
 
 def test_bpftrace_and_the_agent_count_the_same_tcp_connections():
@@ -86,7 +62,8 @@ def test_bpftrace_and_the_agent_count_the_same_tcp_connections():
     port = int(server.stdout.readline())
     script = ("tracepoint:sock:inet_sock_set_state /args->protocol == 6 && args->newstate == 1/ { "
               f"if (args->dport == {port}) {{ @client = count(); }} if (args->sport == {port}) {{ @server = count(); }} }}")
-    trace = _attach_bpftrace(bpftrace, script)
+    fresh_tracefs()
+    trace = bpftrace_tool.attach(bpftrace, script)
     with running(NetworkSensor(lambda batch: None, Registry(), host_resource())) as sensor:
         try:
             for i in range(37):
@@ -98,7 +75,7 @@ def test_bpftrace_and_the_agent_count_the_same_tcp_connections():
             server.wait(30)
             time.sleep(0.3)
         finally:
-            peer = _bpftrace_maps(trace)
+            peer = bpftrace_tool.maps(trace)
     closed = list(sensor.closed)
     ours = {"client": sum(1 for c in closed if c.role == "client" and c.peer_port == port and not c.failure),
             "server": sum(1 for c in closed if c.role == "server" and c.local_port == port and not c.failure)}

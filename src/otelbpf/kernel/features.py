@@ -60,6 +60,13 @@ def ensure_tracefs() -> bool:
     return libc.mount(b"tracefs", str(TRACEFS).encode(), b"tracefs", 0, None) == 0
 
 
+def has_tracepoint(group: str, name: str) -> bool:
+    """Whether this kernel has the classic tracepoint group:name. Mounts tracefs first: on a
+    freshly booted host nothing has, and every tracepoint would look missing."""
+    ensure_tracefs()
+    return (TRACEFS / "events" / group / name).is_dir()
+
+
 def _probe_hook(obj_path: Path, program: str, cgroup_root: str | None) -> tuple[bool, str]:
     try:
         with BpfObject(obj_path) as obj:

@@ -18,7 +18,7 @@ import numpy as np
 
 from otelbpf.enrich.containers import CgroupResolver, container_id_from_cgroup
 from otelbpf.kernel import BpfObject, Program
-from otelbpf.kernel.features import TRACEFS
+from otelbpf.kernel.features import has_tracepoint
 from otelbpf.kernel.ringbuf import RingBufferReader
 from otelbpf.security import events as ev
 from otelbpf.security.compiler import RuleInfo, compile_policies
@@ -45,7 +45,7 @@ def unavailable_hooks() -> dict[str, str]:
     out = {}
     for name, hook in HOOKS.items():
         missing = [p.removeprefix("sec_") for p in hook.programs
-                   if not (TRACEFS / "events" / "syscalls" / f"sys_enter_{p.removeprefix('sec_')}").is_dir()]
+                   if not has_tracepoint("syscalls", f"sys_enter_{p.removeprefix('sec_')}")]
         if len(missing) == len(hook.programs):
             out[name] = (f"this kernel has no syscalls:sys_enter_{missing[0]} tracepoint"
                          + (" (built without module support)" if name == "module_load" else ""))
@@ -95,8 +95,7 @@ class SecuritySensor:
             for name, hook in HOOKS.items():
                 for prog in hook.programs:
                     tracepoint = prog.removeprefix("sec_")
-                    obj.programs[prog].autoload = (TRACEFS / "events" / "syscalls" /
-                                                   f"sys_enter_{tracepoint}").is_dir()
+                    obj.programs[prog].autoload = has_tracepoint("syscalls", f"sys_enter_{tracepoint}")
             obj.load()
             self._maps = PolicyMaps(obj)
             self._maps.apply(compiled)
