@@ -20,6 +20,12 @@ from otelbpf.signals.model import Resource, SpanKind, StatusCode
 from otelbpf.signals.registry import Registry
 from tests.conftest import require_tool, wait_for_port
 
+
+def traced_sensor(emit, registry, resource, **options) -> HttpSensor:
+    """The sensor with no agent to leave out: the test process is a client here, and its
+    servers are not the agent's peers (agent_pid=0)."""
+    return HttpSensor(emit, registry, resource, agent_pid=0, **options)
+
 SERVER = textwrap.dedent("""
     import sys, time
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -106,7 +112,7 @@ def test_keep_alive_pipelining_chunked_head_continue_big(server):
     # by executable name, so every other Python process serving HTTP here would add to it
     # (the cause of this test's old flake: 12 histogram counts for 10 spans).
     selection = Selection(parse_ports(str(port)))
-    with running(HttpSensor(batches.append, registry, Resource.of({"host.name": "t"}), selection=selection)):
+    with running(traced_sensor(batches.append, registry, Resource.of({"host.name": "t"}), selection=selection)):
         pipelined = b"".join(f"GET /p/{i} HTTP/1.1\r\nHost: a\r\n\r\n".encode() for i in range(5))
         exchange(port, pipelined, 5)
         exchange(port, b"GET /chunked HTTP/1.1\r\nHost: a\r\n\r\nHEAD /h HTTP/1.1\r\nHost: a\r\n\r\n", 2)
@@ -136,7 +142,7 @@ def test_a_request_sent_while_serving_is_a_child_of_the_server_span(server):
     registry = Registry()
     batches: list = []
     incoming = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
-    with running(HttpSensor(batches.append, registry, Resource.of({"host.name": "t"}))):
+    with running(traced_sensor(batches.append, registry, Resource.of({"host.name": "t"}))):
         for i in range(3):
             header = f"traceparent: {incoming}\r\n" if i == 0 else ""
             exchange(port, f"GET /front HTTP/1.1\r\nHost: x\r\n{header}Connection: close\r\n\r\n".encode(), 1)
@@ -173,7 +179,7 @@ def test_a_server_in_a_container_cgroup_has_its_container_id(server):
     try:
         Path(scope, "cgroup.procs").write_text(str(proc.pid))
         batches: list = []
-        with running(HttpSensor(batches.append, Registry(), Resource.of({"host.name": "t"}))):
+        with running(traced_sensor(batches.append, Registry(), Resource.of({"host.name": "t"}))):
             exchange(port, b"GET /in-container HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", 1)
             time.sleep(0.3)
         resources = [dict(b.resource.attributes) for b in batches
@@ -191,7 +197,7 @@ def test_capture_size_is_what_is_copied(server, capture_bytes):
     proc, port = server
     agent = "probe/" + "u" * 6000
     batches: list = []
-    with running(HttpSensor(batches.append, Registry(), Resource.of({"host.name": "t"}),
+    with running(traced_sensor(batches.append, Registry(), Resource.of({"host.name": "t"}),
                             capture_bytes=capture_bytes)):
         exchange(port, f"GET /long HTTP/1.1\r\nHost: x\r\nUser-Agent: {agent}\r\n\r\n".encode(), 1)
         time.sleep(0.3)
@@ -208,7 +214,7 @@ def test_curl_client_spans_and_a_hangup(server):
     proc, port = server
     curl = require_tool("curl")
     batches: list = []
-    with running(HttpSensor(batches.append, Registry(), Resource.of({"host.name": "t"}))):
+    with running(traced_sensor(batches.append, Registry(), Resource.of({"host.name": "t"}))):
         for i in range(3):
             subprocess.run([curl, "-s", "-o", "/dev/null", f"http://127.0.0.1:{port}/c/{i}"], check=True, timeout=10)
         subprocess.run([curl, "-s", "-o", "/dev/null", f"http://127.0.0.1:{port}/hangup"], timeout=10)
@@ -229,7 +235,7 @@ def test_selection_by_port_traces_only_the_selected_server(server):
         time.sleep(0.5)
         batches: list = []
         selection = Selection(parse_ports(f"{port}"))
-        with running(HttpSensor(batches.append, Registry(), Resource.of({}), selection=selection)):
+        with running(traced_sensor(batches.append, Registry(), Resource.of({}), selection=selection)):
             exchange(port, b"GET /yes HTTP/1.1\r\nHost: a\r\n\r\n", 1)
             exchange(other, b"GET /no HTTP/1.1\r\nHost: a\r\n\r\n", 1)
             time.sleep(0.3)
@@ -283,7 +289,7 @@ def test_aiohttp_keep_alive_and_pipelining():
         wait_for_port(port, timeout=15)
         batches: list = []
         selection = Selection(parse_ports(str(port)))
-        with running(HttpSensor(batches.append, Registry(), Resource.of({}), selection=selection)):
+        with running(traced_sensor(batches.append, Registry(), Resource.of({}), selection=selection)):
             with socket.create_connection(("127.0.0.1", port), timeout=5) as s:  # one keep-alive connection
                 for batch in (range(7), range(7, 13)):  # 7 then 6 pipelined requests
                     s.sendall(b"".join(f"GET /items/{i} HTTP/1.1\r\nHost: a\r\n\r\n".encode() for i in batch))
@@ -338,7 +344,7 @@ SENDFILE_CLIENT = textwrap.dedent("""
 
 def test_sendfile_and_splice_into_sockets_are_counted():
     registry = Registry()
-    with running(HttpSensor(lambda batch: None, registry, Resource.of({}))):
+    with running(traced_sensor(lambda batch: None, registry, Resource.of({}))):
         subprocess.run([sys.executable, "-c", SENDFILE_CLIENT], check=True, timeout=30)
         time.sleep(0.2)
     counter = registry.counter("otelbpf.http.zero_copy_sends")

@@ -10,6 +10,7 @@
  *   close costs one hash lookup).
  * Work per syscall is kept tiny and in this order: skip our own process and unselected ones,
  * then "is this fd a TCP socket" (task->files->fdt->fd[fd], S_ISSOCK, the socket's family),
+ * then "is its peer the agent" (one array load unless the peer port is one of the agent's),
  * then "does the message start like HTTP/1.x" from its first bytes. Only then is anything
  * copied: the first `capture_bytes` bytes of a request into the connection's entry in
  * `pending`, and, when its response passes, both as one record into the ring buffer (see
@@ -33,7 +34,7 @@ char LICENSE[] SEC("license") = "GPL";
 
 /* Set by user space before load. */
 const volatile __u32 capture_bytes = 256;  /* up to OTELBPF_HTTP_MAX_CAPTURE */
-const volatile __u32 self_pid = 0;        /* the agent: its own OTLP/HTTP exports are not traced */
+const volatile __u32 self_pid = 0;        /* the agent: never traced (see "the agent's own traffic") */
 const volatile __u32 filter_pids = 0;     /* 1: only processes in selected_pids */
 
 struct {
@@ -112,15 +113,48 @@ struct {
 
 /* Per CPU: [0] ring buffer full, [1] socket messages that were not HTTP, [2] unused (was: reads
  * table full), [3] sendfile calls to sockets, [4] splice calls to sockets (counted, not parsed:
- * the bytes never pass through user memory). */
+ * the bytes never pass through user memory), [5] messages on the far end of the agent's own
+ * connections (left out: see "the agent's own traffic"). */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 5);
+	__uint(max_entries, 6);
 	__type(key, __u32);
 	__type(value, __u64);
 } http_counts SEC(".maps");
 
-enum { COUNT_RING_FULL = 0, COUNT_NOT_HTTP = 1, COUNT_READS_FULL = 2, COUNT_SENDFILE = 3, COUNT_SPLICE = 4 };
+enum { COUNT_RING_FULL = 0, COUNT_NOT_HTTP = 1, COUNT_READS_FULL = 2, COUNT_SENDFILE = 3, COUNT_SPLICE = 4,
+       COUNT_SELF = 5 };
+
+/* --- the agent's own traffic ----------------------------------------------------------------
+ * The agent's process is skipped by pid. The far end of its connections is another process:
+ * a collector on this host that takes the agent's exports would be traced, its spans exported,
+ * that export traced again, without end. So every connection the agent sends or receives on
+ * is noted here by its endpoints (the agent's side first), and user space adds the agent's
+ * listeners (UI, receiver, Prometheus) with an all-zero peer. A socket whose peer is such an
+ * endpoint belongs to the agent's traffic: its messages are counted, never captured. */
+struct self_endpoint {
+	__u8 addr[16];         /* the agent's side (IPv4 in the first 4 bytes); zero: any address */
+	__u8 peer_addr[16];    /* the other side; zero (with peer_port 0): a listener */
+	__u16 port;
+	__u16 peer_port;
+	__u32 _pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, struct self_endpoint);
+	__type(value, __u8);
+} self_endpoints SEC(".maps");
+
+/* Endpoints in self_endpoints per agent-side port: everyone else's message costs one array
+ * load (the verifier inlines it) to learn that its peer port is none of the agent's. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 65536);
+	__type(key, __u32);
+	__type(value, __u32);
+} self_ports SEC(".maps");
 
 static __always_inline void count(__u32 what)
 {
@@ -128,6 +162,11 @@ static __always_inline void count(__u32 what)
 
 	if (n)
 		*n += 1;
+}
+
+static __always_inline int is_agent(__u64 pid_tgid)
+{
+	return (__u32)(pid_tgid >> 32) == self_pid;
 }
 
 static __always_inline int selected(__u64 pid_tgid)
@@ -188,6 +227,116 @@ static __always_inline int looks_like_http(const char *p)
 	case 'T': return p[1] == 'R' && p[2] == 'A' && p[3] == 'C';
 	}
 	return 0;
+}
+
+/* 16-byte addresses compared as four words (no memcmp in BPF); both are 4-aligned. */
+static __always_inline int same_addr(const __u8 *a, const __u8 *b)
+{
+	const __u32 *x = (const __u32 *)a, *y = (const __u32 *)b;
+
+	return x[0] == y[0] && x[1] == y[1] && x[2] == y[2] && x[3] == y[3];
+}
+
+static __always_inline int is_loopback(const __u8 *addr, __u16 family)
+{
+	const __u32 *w = (const __u32 *)addr;
+
+	if (family == AF_INET6)
+		return !w[0] && !w[1] && !w[2] && w[3] == bpf_htonl(1);
+	return addr[0] == 127;
+}
+
+/* This socket's endpoints as seen from the other end: its peer is the agent's side. */
+static __always_inline __u16 far_end(struct sock *sk, struct self_endpoint *key, __u16 *family)
+{
+	struct sock_common *c = &KERNEL_CAST(struct sock, sk)->__sk_common;
+
+	__builtin_memset(key, 0, sizeof(*key));
+	*family = c->skc_family;
+	key->port = bpf_ntohs(c->skc_dport);
+	key->peer_port = c->skc_num;
+	if (*family == AF_INET6) {
+		bpf_core_read(key->addr, 16, &c->skc_v6_daddr);
+		bpf_core_read(key->peer_addr, 16, &c->skc_v6_rcv_saddr);
+	} else {
+		*(__u32 *)key->addr = c->skc_daddr;
+		*(__u32 *)key->peer_addr = c->skc_rcv_saddr;
+	}
+	return key->port;
+}
+
+/* Whether sk's peer is one of the agent's endpoints: a connection of the agent's, or a client
+ * of one of its listeners (one bound to any address takes clients of this host only). */
+static __always_inline int agent_traffic(struct sock *sk)
+{
+	struct self_endpoint key;
+	__u32 port;
+	__u32 *refs;
+	__u16 family;
+	__u32 local[4];
+
+	port = bpf_ntohs(KERNEL_CAST(struct sock, sk)->__sk_common.skc_dport);
+	refs = bpf_map_lookup_elem(&self_ports, &port);
+	if (!refs || !*refs)
+		return 0;
+	far_end(sk, &key, &family);
+	if (bpf_map_lookup_elem(&self_endpoints, &key))
+		return 1;
+	__builtin_memcpy(local, key.peer_addr, 16);
+	__builtin_memset(key.peer_addr, 0, 16);
+	key.peer_port = 0;
+	if (bpf_map_lookup_elem(&self_endpoints, &key))
+		return 1;
+	if (!is_loopback(key.addr, family) && !same_addr(key.addr, (const __u8 *)local))
+		return 0;  /* a remote peer: not a client of this host's agent */
+	__builtin_memset(key.addr, 0, 16);
+	return bpf_map_lookup_elem(&self_endpoints, &key) != 0;
+}
+
+/* The agent sends or receives on fd: note the connection (its side first) once. */
+static __always_inline void note_agent_socket(struct sock *sk)
+{
+	struct self_endpoint key, mine = {};
+	__u32 port;
+	__u32 *refs;
+	__u16 family;
+	__u8 one = 1;
+
+	if (!far_end(sk, &key, &family) || !key.peer_port)
+		return;  /* not connected */
+	__builtin_memcpy(mine.addr, key.peer_addr, 16);
+	__builtin_memcpy(mine.peer_addr, key.addr, 16);
+	mine.port = key.peer_port;
+	mine.peer_port = key.port;
+	if (bpf_map_lookup_elem(&self_endpoints, &mine) ||
+	    bpf_map_update_elem(&self_endpoints, &mine, &one, BPF_NOEXIST))
+		return;
+	port = mine.port;
+	refs = bpf_map_lookup_elem(&self_ports, &port);
+	if (refs)
+		__sync_fetch_and_add(refs, 1);
+}
+
+/* The agent closes fd: forget the connection (its port may go to another process). */
+static __always_inline void forget_agent_socket(struct sock *sk)
+{
+	struct self_endpoint key, mine = {};
+	__u32 port;
+	__u32 *refs;
+	__u16 family;
+
+	if (!far_end(sk, &key, &family) || !key.peer_port)
+		return;
+	__builtin_memcpy(mine.addr, key.peer_addr, 16);
+	__builtin_memcpy(mine.peer_addr, key.addr, 16);
+	mine.port = key.peer_port;
+	mine.peer_port = key.port;
+	if (bpf_map_delete_elem(&self_endpoints, &mine))
+		return;
+	port = mine.port;
+	refs = bpf_map_lookup_elem(&self_ports, &port);
+	if (refs)
+		__sync_fetch_and_add(refs, -1);
 }
 
 static __always_inline void read_endpoints(struct sock *sk, struct http_event *e)
@@ -503,6 +652,10 @@ static __always_inline void emit(__u64 pid_tgid, struct sock *sk, __u32 fd, cons
 	struct pending_key key = { .sock = (__u64)sk, .pid = pid_tgid >> 32 };
 	char head[16] = {};
 
+	if (agent_traffic(sk)) {
+		count(COUNT_SELF);
+		return;
+	}
 	if (size < 8 || !buf || bpf_probe_read_user(head, size < 16 ? 8 : 16, buf))
 		return;
 	if (!looks_like_http(head)) {
@@ -538,7 +691,12 @@ static __always_inline void on_write(__u32 fd, const void *buf, __u64 size)
 	__u64 now = bpf_ktime_get_ns();
 	struct sock *sk;
 
-	if (size < 8 || !buf || !selected(pid_tgid))
+	if (!selected(pid_tgid)) {
+		if (is_agent(pid_tgid) && (sk = socket_of(fd)))
+			note_agent_socket(sk);
+		return;
+	}
+	if (size < 8 || !buf)
 		return;
 	sk = socket_of(fd);
 	if (!sk || in_ssl_call(pid_tgid, sk, fd))
@@ -599,9 +757,12 @@ static __always_inline void on_read_exit(struct pt_regs *regs, long ret, int kin
 	__u64 size = ret;
 	__u32 fd;
 
-	if (!selected(pid_tgid))
-		return;
 	fd = PT_REGS_PARM1_SYSCALL(regs);
+	if (!selected(pid_tgid)) {
+		if (is_agent(pid_tgid) && (sk = socket_of(fd)))
+			note_agent_socket(sk);
+		return;
+	}
 	arg = PT_REGS_PARM2_SYSCALL(regs);
 	sk = socket_of(fd);
 	if (!sk || in_ssl_call(pid_tgid, sk, fd))
@@ -641,6 +802,13 @@ static __always_inline void on_close(__u32 fd)
 	struct scratch *s;
 	__u32 zero = 0;
 
+	if (is_agent(pid_tgid)) {
+		struct sock *sk = socket_of(fd);
+
+		if (sk)
+			forget_agent_socket(sk);
+		return;
+	}
 	/* Only fds that carried HTTP are in the map: every other close stops at this lookup. */
 	known = bpf_map_lookup_elem(&http_socks, &key);
 	if (!known)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import collections
 import fnmatch
 import os
+import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ from otelbpf.sensors import http_events as he
 from otelbpf.sensors.clock import monotonic_to_unix_offset
 from otelbpf.sensors.http_tracker import CompletedSpan, HttpTracker, Message
 from otelbpf.sensors.network import socket_owners
+from otelbpf.sensors.self_traffic import Listener, own_listeners
 from otelbpf.signals.model import Resource, SpanBatch, SpanKind
 from otelbpf.signals.registry import Registry
 
@@ -41,6 +43,7 @@ MAX_ENDPOINTS = 49152  # connections whose endpoints are remembered (kernel's ht
 MAX_KEPT_REQUESTS = 16384  # connections whose request the kernel keeps for its response at once
 KEPT_REQUESTS_MEMORY = 32 << 20  # bytes for them: 4,080 connections at the largest capture size
 SELECTION_INTERVAL = 5.0  # seconds between re-reads of which processes match the selection
+LISTENERS_INTERVAL = 5.0  # seconds between re-reads of the agent's own listening sockets
 KEEP_RECENT = 4096        # finished spans kept for live views and tests
 # The ring wakes the reader for the first record written after it caught up: a reader that
 # drained on every wake would wake (and cost an irq_work in the traced process) for nearly
@@ -120,7 +123,11 @@ class HttpSensor:
 
     def __init__(self, emit: Callable[[SpanBatch], None], registry: Registry, resource: Resource, *,
                  capture_bytes: int = 256, selection: Selection = Selection(), tls: bool = True,
-                 ringbuf_bytes: int = 4 << 20, bpf_object: Path = BPF_OBJECT, libssl: str = LIBSSL):
+                 ringbuf_bytes: int = 4 << 20, bpf_object: Path = BPF_OBJECT, libssl: str = LIBSSL,
+                 agent_pid: int | None = None):
+        """agent_pid: the process whose traffic, and that of its connections' far ends, is left
+        out (default: this one, the agent; 0: none, for a program that embeds the sensor and is
+        itself a client it wants traced)."""
         if not 16 <= capture_bytes <= he.MAX_CAPTURE:
             raise ValueError(f"capture_bytes must be within 16..{he.MAX_CAPTURE}, got {capture_bytes}")
         self._emit = emit
@@ -131,9 +138,12 @@ class HttpSensor:
         self._ringbuf_bytes = ringbuf_bytes
         self._bpf_object = bpf_object
         self._libssl = libssl
+        self._agent_pid = os.getpid() if agent_pid is None else agent_pid
         self._obj: BpfObject | None = None
         self._reader: RingBufferReader | None = None
         self._next_selection = 0.0
+        self._next_listeners = 0.0
+        self._listeners: set[Listener] = set()  # the agent's own, in the kernel's self_endpoints
         self._last_drain = 0.0
         # (pid, sock) -> (family, local address, local port, peer address, peer port); larger
         # than the kernel's http_socks so that a connection the kernel knows is known here.
@@ -173,7 +183,8 @@ class HttpSensor:
         try:
             obj.check_layout("http_event", he.HTTP_EVENT)
             obj.check_layout("pending", he.PENDING)
-            obj.set_rodata(capture_bytes=self._capture_bytes, self_pid=os.getpid(),
+            obj.check_layout("self_endpoint", he.SELF_ENDPOINT)
+            obj.set_rodata(capture_bytes=self._capture_bytes, self_pid=self._agent_pid,
                            filter_pids=int(not self._selection.everything))
             obj.maps["http_events"].set_max_entries(self._ringbuf_bytes)
             # A kept request: the kernel's struct pending, then capture_bytes of the request. The
@@ -188,6 +199,7 @@ class HttpSensor:
                 if prog.section.startswith("tp_btf/"):
                     prog.attach()
             self._obj = obj
+            self._refresh_listeners()
             if not self._selection.everything:
                 self._refresh_selection()
             if self._tls:
@@ -223,6 +235,8 @@ class HttpSensor:
         self._last_drain = time.monotonic()
         if not self._selection.everything and time.monotonic() >= self._next_selection:
             self._refresh_selection()
+        if time.monotonic() >= self._next_listeners:
+            self._refresh_listeners()
         return n
 
     def stop(self) -> None:
@@ -341,6 +355,7 @@ class HttpSensor:
         counts = self._obj.maps["http_counts"] if self._obj else None
         if counts is not None:
             totals["not_http"] = int(counts.percpu_u64(he.COUNT_NOT_HTTP.to_bytes(4, "little")).sum())
+            totals["self"] = int(counts.percpu_u64(he.COUNT_SELF.to_bytes(4, "little")).sum())
             for index, reason in KERNEL_COUNTS.items():
                 total = int(counts.percpu_u64(index.to_bytes(4, "little")).sum())
                 seen = self._reported.get(reason, 0)
@@ -373,6 +388,20 @@ class HttpSensor:
         self._selected = pids
         self._next_selection = time.monotonic() + SELECTION_INTERVAL
 
+    def _refresh_listeners(self) -> None:
+        """The agent's listening sockets into the kernel's self_endpoints: their clients' traffic
+        is the agent's own (the kernel notes the agent's connections itself)."""
+        now = own_listeners(self._agent_pid) if self._agent_pid else set()
+        endpoints, ports = self._obj.maps["self_endpoints"], self._obj.maps["self_ports"]
+        for listener in self._listeners - now:
+            if endpoints.delete(_listener_key(listener)):
+                _add_port_ref(ports, listener.port, -1)
+        for listener in now - self._listeners:
+            endpoints.update(_listener_key(listener), b"\x01")
+            _add_port_ref(ports, listener.port, 1)
+        self._listeners = now
+        self._next_listeners = time.monotonic() + LISTENERS_INTERVAL
+
     def service_name(self, pid: int) -> str:
         resource = self._process_resource(pid)
         return str(dict(resource.attributes).get("service.name", "unknown"))
@@ -398,3 +427,14 @@ class HttpSensor:
                 self._resources.clear()
             resource = self._resources[pid] = Resource.of(attrs)
         return resource
+
+
+def _listener_key(listener: Listener) -> bytes:
+    """struct self_endpoint of a listener: the agent's address and port, no peer."""
+    return struct.pack("<16s16sHHI", listener.addr, b"", listener.port, 0, 0)
+
+
+def _add_port_ref(ports, port: int, delta: int) -> None:
+    key = port.to_bytes(4, "little")
+    refs = int.from_bytes(ports.lookup(key) or bytes(4), "little")
+    ports.update(key, max(0, refs + delta).to_bytes(4, "little"))

@@ -26,4 +26,9 @@ PENDING = np.dtype([
 PENDING_HEADER_SIZE = PENDING.itemsize
 
 # Indexes of the kernel's per-CPU counters (http_counts in http.bpf.c).
-COUNT_RING_FULL, COUNT_NOT_HTTP, COUNT_READS_FULL, COUNT_SENDFILE, COUNT_SPLICE = range(5)
+COUNT_RING_FULL, COUNT_NOT_HTTP, COUNT_READS_FULL, COUNT_SENDFILE, COUNT_SPLICE, COUNT_SELF = range(6)
+
+# The kernel's struct self_endpoint: the key of self_endpoints (the agent's own connections and
+# listeners, whose far ends are left out).
+SELF_ENDPOINT = np.dtype([("addr", "V16"), ("peer_addr", "V16"), ("port", "<u2"), ("peer_port", "<u2"),
+                          ("_pad", "<u4")])
