@@ -150,7 +150,7 @@ class Agent:
                                                   "protocol": "http/protobuf"})
             sinks.append(OtlpExporter(settings, self.registry, name="embedded"))
         if cfg.console or (cfg.console is None and not cfg.otlp_endpoint):
-            sinks.append(ConsoleSink())
+            sinks.append(ConsoleSink(view=cfg.console_view))
         jsonl = cfg.jsonl_path or (None if cfg.otlp_endpoint else DEFAULT_JSONL)
         if jsonl:
             sinks.append(JsonLinesSink(jsonl))

@@ -32,6 +32,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--jsonl", metavar="FILE", help="also write every event as JSON lines to FILE")
     run.add_argument("--console", action=argparse.BooleanOptionalAction, default=None,
                      help="print one line per event (default: on without a collector)")
+    run.add_argument("--console-view", choices=["compact", "full"],
+                     help="compact (default): one short line per event, cut to the terminal's width; "
+                          "full: every attribute of every event, span and metric")
     run.add_argument("--max-args-bytes", type=int, metavar="N", help="bytes of argv captured per exec")
     run.add_argument("--keep-secret-args", action="store_true", default=None,
                      help="do not redact arguments that look like secrets")
@@ -96,6 +99,7 @@ def _flags(args: argparse.Namespace) -> dict:
         "prometheus": args.prometheus,
         "jsonl_path": args.jsonl,
         "console": args.console,
+        "console_view": args.console_view,
         "process.max_args_bytes": args.max_args_bytes,
         "process.keep_secret_args": args.keep_secret_args,
         "store.path": args.store,

@@ -113,6 +113,7 @@ class AgentConfig(_Model):
     prometheus: str | None = None  # "host:port" serving /metrics; off when None
     jsonl_path: str | None = None
     console: bool | None = None  # one line per event on stdout; None: on only without a collector
+    console_view: Literal["compact", "full"] = "compact"  # full: every attribute, and the metrics
     process: ProcessSensorConfig = Field(default_factory=ProcessSensorConfig)
     network: NetworkSensorConfig = Field(default_factory=NetworkSensorConfig)
     profile: ProfileSensorConfig = Field(default_factory=ProfileSensorConfig)

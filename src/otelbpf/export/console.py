@@ -1,4 +1,4 @@
-"""Sinks for files and terminals: JSON lines for machines, one compact line per event for people.
+"""Sinks for files and terminals: JSON lines for machines, one short line per event for people.
 
 Writes happen on the caller's thread under a lock: a local file or terminal is fast enough
 that a queue would only add a place to lose data.
@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import sys
 import threading
 from typing import IO
 
+from otelbpf.export.lines import clock, compact_attributes, cut, format_line
 from otelbpf.signals.model import AttrValue, Attributes, LogBatch, MetricBatch, MetricKind, SpanBatch
 
 
@@ -123,43 +125,73 @@ class JsonLinesSink(_StreamSink):
         ])
 
 
-def _compact(attributes: Attributes) -> str:
-    parts = []
-    for key, value in attributes.items():
-        # Short but unambiguous: "process.user.id" -> "user.id", "process.pid" -> "pid".
-        short = key.removeprefix("otelbpf.").removeprefix("process.")
-        if isinstance(value, list | tuple):
-            value = " ".join(str(v) for v in value)
-        text = str(value)
-        parts.append(f"{short}={json.dumps(text) if (' ' in text or not text) else text}")
-    return " ".join(parts)
+NOT_A_TERMINAL_WIDTH = 160
+COMPACT_ANCESTORS = 1   # the parent only
+COMPACT_ARGS = 8        # the first arguments of an exec
+
+
+def _width(stream: IO[str]) -> int:
+    """The terminal's width, or NOT_A_TERMINAL_WIDTH when the stream is a file or a pipe."""
+    try:
+        if stream.isatty():
+            return os.get_terminal_size(stream.fileno()).columns
+    except (OSError, ValueError, AttributeError):
+        pass
+    return NOT_A_TERMINAL_WIDTH
 
 
 class ConsoleSink(_StreamSink):
-    """One line per event: `12:04:05.123 INFO  process.exec pid=42 executable.name=bash ...`."""
+    """People reading a terminal. view="compact" (the default), in the spirit of `tetra getevents
+    -o compact`: one line per event, `name[pid] <- parent`, the first arguments, the exit code
+    or signal, cut to the terminal's width; spans as one line each; no metrics (they are in the
+    UI, the store and on /metrics). view="full": every attribute of every event, span and
+    metric point, however long."""
 
     name = "console"
 
+    def __init__(self, path: str | None = None, stream: IO[str] | None = None, view: str = "compact") -> None:
+        if view not in ("compact", "full"):
+            raise ValueError(f"console view must be compact or full, not {view!r}")
+        super().__init__(path, stream)
+        self._full = view == "full"
+
     def export_logs(self, batch: LogBatch) -> None:
-        lines = []
-        for r in batch.records:
-            clock = dt.datetime.fromtimestamp(r.time_unix_nano / 1e9).strftime("%H:%M:%S.%f")[:-3]
-            body = f" {r.body}" if r.body else ""
-            lines.append(f"{clock} {r.severity.name:<5} {r.event_name}{body} {_compact(r.attributes)}".rstrip())
+        if self._full:
+            lines = []
+            for r in batch.records:
+                body = f" {r.body}" if r.body else ""
+                lines.append(f"{clock(r.time_unix_nano)} {r.severity.name:<5} {r.event_name}{body} "
+                             f"{compact_attributes(r.attributes)}".rstrip())
+        else:
+            width = _width(self._stream)
+            lines = [format_line(r.time_unix_nano, r.severity.name, r.event_name, r.attributes,
+                                 ancestors=COMPACT_ANCESTORS, max_args=COMPACT_ARGS, width=width)
+                     for r in batch.records]
         self._write(lines)
 
     def export_metrics(self, batch: MetricBatch) -> None:
+        if not self._full:
+            return
         lines = []
         for metric in batch.metrics:
             for p in metric.points:
                 value = f"count={p.count} sum={p.sum:g}" if metric.kind is MetricKind.HISTOGRAM else f"{p.value}"
-                lines.append(f"metric {metric.name} {value} {_compact(p.attributes)}".rstrip())
+                lines.append(f"metric {metric.name} {value} {compact_attributes(p.attributes)}".rstrip())
         self._write(lines)
 
     def export_spans(self, batch: SpanBatch) -> None:
         lines = []
+        width = None if self._full else _width(self._stream)
+        service = batch.resource.as_dict().get("service.name", "?")
+        pid = batch.resource.as_dict().get("process.pid", "?")
         for s in batch.spans:
-            clock = dt.datetime.fromtimestamp(s.start_time_unix_nano / 1e9).strftime("%H:%M:%S.%f")[:-3]
             ms = (s.end_time_unix_nano - s.start_time_unix_nano) / 1e6
-            lines.append(f"{clock} SPAN  {s.kind.name.lower()} {s.name} {ms:.3f}ms {_compact(s.attributes)}".rstrip())
+            if self._full:
+                detail = compact_attributes(s.attributes)
+            else:
+                a = s.attributes
+                status = a.get("http.response.status_code", a.get("error.type", ""))
+                detail = f"{service}[{pid}]  {status} {a.get('server.address', '')}:{a.get('server.port', '')}"
+            lines.append(cut(f"{clock(s.start_time_unix_nano)} SPAN  {s.kind.name.lower():<6} {s.name} "
+                             f"{ms:.3f}ms {detail}".rstrip(), width))
         self._write(lines)

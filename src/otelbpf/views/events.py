@@ -15,14 +15,16 @@ its argument (path, peer address:port, target ids, ptrace request), and `contain
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import IO
 
-SECURITY_EVENT = "security.policy.match"
+from otelbpf.export.lines import SECURITY_EVENT, format_line
+
+__all__ = ["SECURITY_EVENT", "format_line", "run"]
+
 PROCESS_EVENTS = ("process.exec", "process.exit")
 # Records reach the store up to an export batch and a store flush after they happen, not in
 # time order: each look goes this far back and skips what it printed already.
@@ -36,63 +38,6 @@ def _attrs(value) -> dict:
         return json.loads(value) if value else {}
     except ValueError:
         return {}
-
-
-def _process(a: dict) -> str:
-    name = a.get("process.executable.name") or a.get("otelbpf.process.comm") or "?"
-    chain = [f"{name}[{a.get('process.pid', '?')}]"]
-    for ancestor in a.get("otelbpf.process.ancestors") or []:
-        pid, _, aname = str(ancestor).partition(":")
-        chain.append(f"{aname}[{pid}]")
-    return " <- ".join(chain)
-
-
-def _argument(a: dict) -> str:
-    if "file.path" in a:
-        resolved = a.get("otelbpf.security.resolved_path")
-        return a["file.path"] + (f" ({resolved})" if resolved and resolved != a["file.path"] else "")
-    if "network.peer.address" in a:
-        addr = a["network.peer.address"]
-        addr = f"[{addr}]" if ":" in str(addr) else addr
-        return f"{addr}:{a.get('network.peer.port', '')}"
-    if "otelbpf.security.ptrace.request" in a:
-        return f"request={a['otelbpf.security.ptrace.request']} target={a.get('otelbpf.security.ptrace.target_pid')}"
-    if "otelbpf.security.argument" in a:
-        return str(a["otelbpf.security.argument"])
-    return ""
-
-
-def _clock(time_unix_nano: int) -> str:
-    return dt.datetime.fromtimestamp(time_unix_nano / 1e9).strftime("%H:%M:%S.%f")[:-3]
-
-
-def format_line(time_unix_nano: int, severity: str, event_name: str, attributes: dict) -> str:
-    """One event as one line: a security match, or a process exec/exit."""
-    a = attributes
-    sev = (severity or "").upper()[:5]
-    if event_name == SECURITY_EVENT:
-        action = str(a.get("otelbpf.security.action", ""))
-        if a.get("otelbpf.security.signal") == "SIGKILL":
-            action = "sigkill"
-        elif a.get("otelbpf.security.signal"):
-            action = f"signal({a['otelbpf.security.signal']})"
-        requested = a.get("otelbpf.security.action.requested")
-        if requested and requested != action:
-            action = f"{action}({requested})"
-        head = f"{a.get('otelbpf.security.policy', '?'):<17} {action:<8}"
-        tail = f"{a.get('otelbpf.security.syscall', '')} {_argument(a)}".strip()
-    else:
-        head = f"{event_name:<17} {'':<8}"
-        if event_name == "process.exit":
-            signal = a.get("process.exit.signal")
-            tail = f"exit={a.get('process.exit.code', '')}" + (f" {signal}" if signal else "")
-        else:
-            args = a.get("process.command_args") or []
-            tail = " ".join(str(x) for x in args) if isinstance(args, list) else str(args)
-    line = f"{_clock(time_unix_nano)} {sev:<5} {head} {_process(a)}  {tail}"
-    if a.get("container.id"):
-        line += f"  container={str(a['container.id'])[:12]}"
-    return line.rstrip()
 
 
 # -- from the store ---------------------------------------------------------------------------
