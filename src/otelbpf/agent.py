@@ -45,6 +45,7 @@ PROBE_OBJECT = Path(__file__).resolve().parent / "bpf" / "probe.bpf.o"
 SELF_SCOPE = "otelbpf.agent"
 DEFAULT_JSONL = "otelbpf-events.jsonl"
 POLICY_CHECK_INTERVAL = 2.0  # seconds between looks at the policy files for changes
+MAX_DRAIN_BACKOFF = 5.0  # seconds between tries of a sensor whose drains keep failing
 # Where the embedded receiver listens by default: the standard OTLP ports, so programs with
 # an OpenTelemetry SDK can send to the agent as they would to a collector.
 EMBEDDED_GRPC_PORT, EMBEDDED_HTTP_PORT = 4317, 4318
@@ -312,12 +313,30 @@ class Agent:
 
     # -- run ------------------------------------------------------------------------------
     def _drain(self, sensor: Sensor) -> None:
+        """Drain one sensor until stop. A failing drain must not stop the other sensors, nor
+        flood the log: it is said once (with the traceback at debug level), counted in
+        otelbpf.sensor.drain_failures, retried with a backoff that doubles up to
+        MAX_DRAIN_BACKOFF, and its recovery is said once too."""
+        failures = self.registry.counter("otelbpf.sensor.drain_failures",
+                                         "Drains of a sensor's kernel buffers that raised an error", "{drain}")
+        failing_since = 0  # failures in a row
         while not self._stop.is_set():
             try:
                 sensor.poll(self.config.drain_interval)
-            except Exception:  # a decoding bug must not stop the other sensors
-                log.exception("sensor %s failed to decode a batch", sensor.name)
-                time.sleep(self.config.drain_interval)
+            except Exception as exc:
+                failures.add(1, {"sensor": sensor.name})
+                if not failing_since:
+                    log.error("sensor %s failed to drain its kernel buffers: %s: %s. Retrying with backoff; its "
+                              "events wait in the kernel (or are dropped and counted once its buffers are full). "
+                              "Run with --verbose for the traceback, and report it as a bug.",
+                              sensor.name, type(exc).__name__, exc)
+                    log.debug("sensor %s drain failure", sensor.name, exc_info=True)
+                failing_since += 1
+                self._stop.wait(min(MAX_DRAIN_BACKOFF, self.config.drain_interval * 2 ** min(failing_since, 16)))
+                continue
+            if failing_since:
+                log.warning("sensor %s drains again after %d failed drains", sensor.name, failing_since)
+                failing_since = 0
 
     def export_metrics(self) -> None:
         if self.sink is not None:

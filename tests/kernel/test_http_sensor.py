@@ -351,3 +351,22 @@ def test_sendfile_and_splice_into_sockets_are_counted():
     # Other processes on the machine may send files too: at least ours are there.
     assert counter.value({"syscall": "sendfile"}) >= 23
     assert counter.value({"syscall": "splice"}) >= 7
+
+
+def test_libssl_uprobes_attach_all_or_none(tmp_path, caplog):
+    """A libssl without SSL_read_ex: the uprobes that did attach are taken off again, and the
+    warning names the library and the symbol."""
+    import logging
+
+    gcc = require_tool("gcc")
+    source = tmp_path / "fakessl.c"
+    source.write_text("int SSL_read(void *s, void *b, int n) { return n; }\n"
+                      "int SSL_write(void *s, const void *b, int n) { return n; }\n")
+    library = tmp_path / "libfakessl.so"
+    subprocess.run([gcc, "-shared", "-fPIC", "-o", str(library), str(source)], check=True, timeout=60)
+    sensor = traced_sensor(lambda batch: None, Registry(), Resource.of({}), libssl=str(library))
+    with caplog.at_level(logging.WARNING, logger="otelbpf"), running(sensor):
+        uprobes = [link for link in sensor._obj.links if "uprobe" in link.description]
+        assert not sensor.tls_attached and uprobes == []
+    (warning,) = [r.getMessage() for r in caplog.records if r.name == "otelbpf"]
+    assert f"{library}:SSL_read_ex" in warning and "none of the 8 libssl uprobes" in warning

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import collections
 import fnmatch
+import logging
 import os
 import struct
 import time
@@ -22,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from otelbpf.enrich.containers import container_id_of_pid
-from otelbpf.kernel import BpfObject, Program
+from otelbpf.kernel import BpfObject, Link, Program
 from otelbpf.kernel.errors import BpfError
 from otelbpf.kernel.ringbuf import RingBufferReader
 from otelbpf.sensors import http_events as he
@@ -32,6 +33,8 @@ from otelbpf.sensors.network import socket_owners
 from otelbpf.sensors.self_traffic import Listener, own_listeners
 from otelbpf.signals.model import Resource, SpanBatch, SpanKind
 from otelbpf.signals.registry import Registry
+
+log = logging.getLogger("otelbpf")
 
 BPF_OBJECT = Path(__file__).resolve().parent.parent / "bpf" / "http.bpf.o"
 SCOPE = "otelbpf.sensors.http"
@@ -153,6 +156,7 @@ class HttpSensor:
         self._pending: list[CompletedSpan] = []
         self._resources: dict[int, Resource] = {}
         self.tls_attached = False
+        self.tls_error: str | None = None  # why the libssl uprobes are not attached
         self.recent: collections.deque[CompletedSpan] = collections.deque(maxlen=KEEP_RECENT)
         self._tracker = HttpTracker(self._pending.append, monotonic_to_unix_offset())
 
@@ -210,14 +214,24 @@ class HttpSensor:
             raise
 
     def _attach_ssl(self, obj: BpfObject) -> None:
-        """TLS is optional: without libssl (or its symbols) plain HTTP is still traced."""
+        """TLS is optional: without libssl plain HTTP is still traced. Its uprobes attach all or
+        none: a partial set would see some SSL calls of a connection and miss the others."""
         if not os.path.exists(self._libssl):
+            log.info("TLS is not traced: %s is not there", self._libssl)
             return
+        links: list[Link] = []
         try:
             for function, enter, leave in SSL_FUNCTIONS:
-                obj.programs[enter].attach_uprobe(self._libssl, function)
-                obj.programs[leave].attach_uprobe(self._libssl, function, retprobe=True)
-        except BpfError:
+                where = f"{self._libssl}:{function}"
+                links.append(obj.programs[enter].attach_uprobe(self._libssl, function))
+                links.append(obj.programs[leave].attach_uprobe(self._libssl, function, retprobe=True))
+        except BpfError as exc:
+            for link in links:
+                link.destroy()
+                obj.links.remove(link)
+            self.tls_error = f"attaching a uprobe to {where} failed: {exc}"
+            log.warning("TLS is not traced (plain HTTP still is): %s; none of the %d libssl uprobes stays "
+                        "attached (set http.tls: false to skip them)", self.tls_error, 2 * len(SSL_FUNCTIONS))
             return
         self.tls_attached = True
 
