@@ -53,7 +53,13 @@ $(STAMP)/venv-test: pyproject.toml $(STAMP)/venv
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[test]'
 	@touch $@
 
-bpf: $(BPF_OBJS)
+BARRIERS := src/otelbpf/kernel/_barriers.so
+
+bpf: $(BPF_OBJS) $(BARRIERS)
+
+# Acquire/release barriers for the ring buffer reader (kernel/barriers.c): Python has none.
+$(BARRIERS): src/otelbpf/kernel/barriers.c
+	clang -O2 -Wall -shared -fPIC -o $@.tmp $< && mv $@.tmp $@
 
 $(BUILD)/vmlinux.h:
 	@mkdir -p $(@D)
@@ -66,4 +72,4 @@ $(BPF_DIR)/%.bpf.o: $(BPF_DIR)/%.bpf.c $(BPF_DIR)/events.h $(BUILD)/vmlinux.h
 	mv $@.tmp $@
 
 clean:
-	rm -rf $(BUILD) $(BPF_DIR)/*.bpf.o
+	rm -rf $(BUILD) $(BPF_DIR)/*.bpf.o $(BARRIERS)

@@ -12,7 +12,7 @@ import resource
 from dataclasses import dataclass
 from pathlib import Path
 
-from otelbpf.kernel import libbpf
+from otelbpf.kernel import barriers, libbpf
 from otelbpf.kernel.errors import BpfError
 from otelbpf.kernel.objects import BpfObject
 from otelbpf.kernel.perf import open_cpu_clock
@@ -114,6 +114,10 @@ def probe(obj_path: Path, cgroup_root: str | None = None) -> list[Feature]:
     ]
     ring_ok = libbpf.libbpf_probe_bpf_map_type(BPF_MAP_TYPE_RINGBUF, None) == 1
     features.append(Feature("ring buffer", ring_ok, "BPF_MAP_TYPE_RINGBUF", True))
+    try:
+        features.append(Feature("ring buffer ordering", True, barriers.ordering().how, True))
+    except barriers.OrderingUnavailable as exc:
+        features.append(Feature("ring buffer ordering", False, str(exc), True))
     privileged = features[0].available and features[2].available
     for kind, (program, required) in HOOK_PROGRAMS.items():
         if privileged:

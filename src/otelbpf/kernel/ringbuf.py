@@ -6,6 +6,11 @@ row, so any record can be read as one contiguous slice even when it wraps. Each 
 has an 8-byte header: u32 length (bit 31 BUSY: still being written, stop there; bit 30
 DISCARD: skip it) and u32 page offset; records are padded to 8 bytes. We advance the
 consumer position once per batch, which is what frees the space for the producer.
+
+Memory ordering, as libbpf's reader has it: the producer position is loaded with acquire
+semantics, the headers that follow are read plainly and then fenced (acquire) before any record
+is copied, and the consumer position is stored with release semantics after the copy
+(kernel/barriers.py: three calls per batch).
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from otelbpf.kernel.barriers import OrderingUnavailable, ordering
 from otelbpf.kernel.errors import BpfError
 from otelbpf.kernel.objects import BPF_MAP_TYPE_RINGBUF, Map
 
@@ -75,6 +81,10 @@ class RingBufferReader:
     def __init__(self, ring: Map, record_size: int | None = None):
         if ring.type != BPF_MAP_TYPE_RINGBUF:
             raise BpfError(f"map {ring.name!r} is not a ring buffer")
+        try:
+            self._order = ordering()
+        except OrderingUnavailable as exc:
+            raise BpfError(str(exc)) from None
         self.name = ring.name
         self.size = ring.max_entries
         self._mask = self.size - 1
@@ -97,13 +107,18 @@ class RingBufferReader:
 
     # -- positions ------------------------------------------------------------------------
     def _consumer_pos(self) -> int:
-        return int(self._cons_pos[0])
+        return int(self._cons_pos[0])  # only we write it
 
     def _producer_pos(self) -> int:
+        if self._order.load_acquire is not None:
+            return self._order.load_acquire(self._prod_pos.ctypes.data)
         return int(self._prod_pos[0])
 
     def _set_consumer_pos(self, pos: int) -> None:
-        self._cons_pos[0] = pos
+        if self._order.store_release is not None:
+            self._order.store_release(self._cons_pos.ctypes.data, pos)
+        else:
+            self._cons_pos[0] = pos
 
     def pending_bytes(self) -> int:
         return self._producer_pos() - self._consumer_pos()
@@ -142,6 +157,8 @@ class RingBufferReader:
             if not header & DISCARD_BIT:
                 runs.append((pos, 1, length))
             pos += record_stride(length)
+        if self._order.fence_acquire is not None and runs:
+            self._order.fence_acquire()  # the headers above, before the records they guard
         batch = self._gather(runs)
         self._set_consumer_pos(pos)
         self.records_read += len(batch)
