@@ -8,6 +8,9 @@ BUILD := build
 BPF_DIR := src/otelbpf/bpf
 BPF_SRCS := $(wildcard $(BPF_DIR)/*.bpf.c)
 BPF_OBJS := $(BPF_SRCS:.bpf.c=.bpf.o)
+# BPF programs of the tests and benchmarks only (the synthetic ring buffer producer): not shipped.
+TEST_BPF_SRCS := $(wildcard tests/bpf/*.bpf.c)
+TEST_BPF_OBJS := $(TEST_BPF_SRCS:.bpf.c=.bpf.o)
 ARCH := $(shell uname -m | sed -e 's/x86_64/x86/' -e 's/aarch64/arm64/')
 
 # Debian packages: the BPF toolchain for `make run`, the peers and servers for `make test`.
@@ -15,13 +18,18 @@ RUN_DEBS := clang llvm libbpf-dev libbpf1 bpftool
 TEST_DEBS := bpftrace prometheus chromium iperf3 dnsmasq-base nftables iproute2 gcc linux-perf protobuf-compiler nginx-light wrk curl openssl
 STAMP := $(BUILD)/.stamp
 
-.PHONY: run test test-unit test-kernel test-e2e bench setup setup-test bpf clean doctor
+.PHONY: run test test-unit test-kernel test-e2e lint bench setup setup-test bpf clean doctor
 
 run: setup
 	$(VENV)/bin/otelbpf run $(ARGS)
 
-test: setup setup-test
+test: setup setup-test lint
 	$(VENV)/bin/python -m pytest tests -q $(PYTEST_ARGS)
+
+# The linter and the type checker (configured in pyproject.toml): seconds, cached.
+lint: setup-test
+	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/mypy
 
 test-unit: setup
 	$(VENV)/bin/python -m pytest tests/unit -q
@@ -34,7 +42,7 @@ bench: setup setup-test
 
 setup: $(STAMP)/debs-run $(STAMP)/venv bpf
 
-setup-test: $(STAMP)/debs-test $(STAMP)/venv-test
+setup-test: $(STAMP)/debs-test $(STAMP)/venv-test $(TEST_BPF_OBJS)
 
 $(STAMP)/debs-run:
 	@scripts/apt-install $(RUN_DEBS)
@@ -66,10 +74,14 @@ $(BUILD)/vmlinux.h:
 	@test -r /sys/kernel/btf/vmlinux || { echo "error: /sys/kernel/btf/vmlinux is missing: this kernel has no BTF (CONFIG_DEBUG_INFO_BTF=y is needed)" >&2; exit 1; }
 	bpftool btf dump file /sys/kernel/btf/vmlinux format c > $@.tmp && mv $@.tmp $@
 
+BPF_CC = clang -target bpf -D__TARGET_ARCH_$(ARCH) -O2 -g -Wall -I$(BUILD) -I$(BPF_DIR) -c $< -o $@.tmp \
+	&& llvm-strip -g $@.tmp && mv $@.tmp $@  # keep .BTF (CO-RE needs it), drop DWARF
+
 $(BPF_DIR)/%.bpf.o: $(BPF_DIR)/%.bpf.c $(BPF_DIR)/events.h $(BUILD)/vmlinux.h
-	clang -target bpf -D__TARGET_ARCH_$(ARCH) -O2 -g -Wall -I$(BUILD) -I$(BPF_DIR) -c $< -o $@.tmp
-	llvm-strip -g $@.tmp  # keep .BTF (CO-RE needs it), drop DWARF
-	mv $@.tmp $@
+	$(BPF_CC)
+
+tests/bpf/%.bpf.o: tests/bpf/%.bpf.c $(BUILD)/vmlinux.h
+	$(BPF_CC)
 
 clean:
-	rm -rf $(BUILD) $(BPF_DIR)/*.bpf.o $(BARRIERS)
+	rm -rf $(BUILD) $(BPF_DIR)/*.bpf.o $(TEST_BPF_OBJS) $(BARRIERS)

@@ -19,9 +19,8 @@ import uuid
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import header, table  # noqa: E402
-
-from otelbpf.receiver.otlp import OtlpReceiver  # noqa: E402
+from common import header, table
+from otelbpf.receiver.otlp import OtlpReceiver
 
 STORM = 10_000
 IDLE_SECONDS = 5.0
@@ -119,7 +118,8 @@ def main() -> str:
     ]
     ok = counter.records == {"process.exec": STORM, "process.exit": STORM} and counter.drops == 0
     out = header("Exec storm")
-    out += f"\n{STORM:,} processes (a copy of `/bin/true` run by one shell loop), `otelbpf run --sensors process` exporting OTLP/HTTP.\n\n"
+    out += (f"\n{STORM:,} processes (a copy of `/bin/true` run by one shell loop), "
+            "`otelbpf run --sensors process` exporting OTLP/HTTP.\n\n")
     out += table(["measure", "value"], rows)
     out += (f"\nAll captured with zero drops: {'met' if ok else 'MISSED'}; "
             f"peak RSS <= 100 MB: {'met' if peak_rss <= 100 else 'MISSED'}.\n")

@@ -40,13 +40,12 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportM
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_execstorm import cpu_seconds, rss_mb  # noqa: E402
-import common  # noqa: E402
-from common import header, median, table  # noqa: E402
-
-from otelbpf.kernel import BpfObject  # noqa: E402
-from otelbpf.kernel.ringbuf import RingBufferReader  # noqa: E402
-from otelbpf.sensors import http_events as he  # noqa: E402
+import common
+from bench_execstorm import cpu_seconds, rss_mb
+from common import header, median, table
+from otelbpf.kernel import BpfObject
+from otelbpf.kernel.ringbuf import RingBufferReader
+from otelbpf.sensors import http_events as he
 
 BPF_DIR = Path(he.__file__).resolve().parent.parent / "bpf"
 

@@ -17,11 +17,10 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_execstorm import cpu_seconds, rss_mb  # noqa: E402
-import common  # noqa: E402
-from common import header, median, table  # noqa: E402
-
-from otelbpf.receiver.otlp import OtlpReceiver  # noqa: E402
+import common
+from bench_execstorm import cpu_seconds, rss_mb
+from common import header, median, table
+from otelbpf.receiver.otlp import OtlpReceiver
 
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", 5))
 IPERF_SECONDS = 3
@@ -137,7 +136,8 @@ def main() -> str:
         ["short connections/s", median(base_cr), median(agent_cr), f"{100 * cr_loss:+.1f}%"],
     ]
     out = header("Network sensor overhead")
-    out += (f"\n{ROUNDS} rounds alternating without / with the agent (order swapped every other round); iperf3 -t {IPERF_SECONDS} over 127.0.0.1 (server on CPU 0, client on CPU 1); "
+    out += (f"\n{ROUNDS} rounds alternating without / with the agent (order swapped every other round); "
+            f"iperf3 -t {IPERF_SECONDS} over 127.0.0.1 (server on CPU 0, client on CPU 1); "
             f"{CONNECTIONS:,} short TCP connections per round (Python client and server, 1 byte each way).\n\n")
     out += table(["workload", "without agent (median)", "with agent (median)", "loss"], rows)
     out += (f"\nConnections missed by the agent (client + server sides of {CONNECTIONS:,} per round): "

@@ -17,12 +17,11 @@ import uuid
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import header, table  # noqa: E402
-
-from otelbpf.enrich.host import host_resource  # noqa: E402
-from otelbpf.sensors.base import running  # noqa: E402
-from otelbpf.sensors.process import ProcessSensor  # noqa: E402
-from otelbpf.signals.registry import Registry  # noqa: E402
+from common import header, table
+from otelbpf.enrich.host import host_resource
+from otelbpf.sensors.base import running
+from otelbpf.sensors.process import ProcessSensor
+from otelbpf.signals.registry import Registry
 
 
 def storm(shells: int, each: int) -> list:

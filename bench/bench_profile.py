@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import header, median, table  # noqa: E402
+from common import header, median, table
 
 ROUNDS = 5
 WORK = r"""

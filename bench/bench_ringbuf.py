@@ -14,11 +14,11 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import header, median, table  # noqa: E402
-
-from otelbpf.kernel import libbpf  # noqa: E402
-from otelbpf.kernel.ringbuf import RingBufferReader  # noqa: E402
-from otelbpf.sensors.synthetic import BENCH_EVENT, SyntheticProducer  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests.synthetic: the producer
+from common import header, median, table
+from otelbpf.kernel import libbpf
+from otelbpf.kernel.ringbuf import RingBufferReader
+from tests.synthetic import BENCH_EVENT, SyntheticProducer
 
 RATES = [500_000, 1_000_000, 2_000_000, 4_000_000, 8_000_000, None]  # None: as fast as it can
 SECONDS = 1.0

@@ -31,7 +31,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import header, median, table
-
 from otelbpf.security.hooks import PROCESS_PROGRAMS
 from otelbpf.security.policy import load_policy, parse_policy
 from otelbpf.sensors.security import SecuritySensor
@@ -146,7 +145,7 @@ class Modes:
         for prog in self.sensor.programs():
             try:
                 t, n = prog.stats()[:2]
-            except Exception:  # noqa: BLE001, S112 - not loaded
+            except Exception:  # noqa: BLE001 - not loaded
                 continue
             total, runs = total + t, runs + n
         return total, runs
@@ -207,7 +206,8 @@ def main() -> str:
     cpu_cost = median(build_cpu["file"]) / median(build_cpu["off"]) - 1
     out = header("Security sensor overhead")
     out += (f"\nOne security object loaded; modes switch by detaching its syscall programs (off), attaching them "
-            f"with a policy set without file rules (idle), attaching only the ptrace program (tp), and loading the shipped sensitive-files policy (file; "
+            f"with a policy set without file rules (idle), attaching only the ptrace program (tp), "
+            f"and loading the shipped sensitive-files policy (file; "
             f"the workloads' opens match nothing, as most opens on a host do). {ROUNDS} rounds of a C loop of "
             f"{LOOP:,} open()/close() of one file, modes alternating in order each round; {BUILD_ROUNDS} rounds "
             "of `make -j1 -B` of a C project of 9 files (gcc -O2 -g), off and file alternating.\n\n")
@@ -227,7 +227,8 @@ def main() -> str:
             + f": file vs off {100 * (fastest['file'] / fastest['off'] - 1):+.1f}%, "
             f"tp vs off {100 * (fastest['tp'] / fastest['off'] - 1):+.1f}%.\n")
     out += (f"\ntp vs off (the syscall-tracepoint path, no security program in the loop): {100 * tp_cost:+.1f}%; "
-            f"idle vs off (the file programs attached, returning at once): {100 * idle_cost:+.1f}%. Per round, ns per open+close: "
+            f"idle vs off (the file programs attached, returning at once): {100 * idle_cost:+.1f}%. "
+            "Per round, ns per open+close: "
             + "; ".join(f"{m}: {[round(x) for x in v]}" for m, v in loops.items())
             + ". Build wall s per round: " + "; ".join(f"{m}: {[round(x, 2) for x in v]}" for m, v in builds.items())
             + (f". In-kernel time of the security programs (kernel.bpf_stats_enabled=1, which itself adds to each "

@@ -4,7 +4,10 @@ Ingest goes through Store.write (the writer's flush path: numpy columns, one tra
 flush) into a store file on disk. Chunks of synthetic spans are generated once and
 re-appended with shifted times, so trace ids repeat across chunks (the RED query does not
 look at them). Also measured: decoding OTLP trace requests into rows, the per-span Python
-step that OTLP receipt adds before a flush.
+step that OTLP receipt adds before a flush; and the embedded default's whole path for the
+HTTP sensor's spans, A/B in one run: in process (StoreSink's rows -> Store.write) against
+the OTLP round trip it replaced (encode -> decode with opentelemetry-proto -> rows ->
+Store.write), medians of rounds alternating between the two.
 """
 
 from __future__ import annotations
@@ -15,18 +18,25 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from types import MappingProxyType
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import header, median, peak_rss_mb, table  # noqa: E402
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from otelbpf.store import Store, queries  # noqa: E402
-from otelbpf.store.otlp_rows import span_rows  # noqa: E402
-from otelbpf.store.schema import SPANS  # noqa: E402
+from common import header, median, peak_rss_mb, table
+from otelbpf.signals.model import Resource, SpanBatch, SpanKind, SpanRecord
+from otelbpf.signals.otlp import encode_traces_request
+from otelbpf.store import Store, queries
+from otelbpf.store.otlp_rows import span_rows
+from otelbpf.store.schema import SPANS
+from otelbpf.store.sink import StoreSink
+from otelbpf.store.writer import StoreWriter
 
 SPANS_TOTAL = 10_000_000
 CHUNK = 200_000
+FLUSH_EVERY = 50  # span batches of 2,000 per store flush in the embedded-path measure
 SERVICES = [f"svc-{i}" for i in range(12)]
 ROUTES = [f"/api/v1/resource{i}/{{id}}" for i in range(40)]
 METHODS = ["GET", "POST", "PUT", "DELETE"]
@@ -58,7 +68,6 @@ def synthetic_chunk(rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:
 
 
 def trace_request(n: int):
-    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
     req = ExportTraceServiceRequest()
     rs = req.resource_spans.add()
     rs.resource.attributes.add(key="service.name").value.string_value = "bench"
@@ -71,10 +80,66 @@ def trace_request(n: int):
     return req
 
 
+def http_span_batches(n: int, per_batch: int = 2_000) -> list[SpanBatch]:
+    """Spans as the HTTP sensor makes them: 40 routes x 3 statuses on keep-alive
+    connections, each exchange's attribute set shared read-only among its spans."""
+    shared = [MappingProxyType({
+        "http.request.method": "GET", "url.scheme": "http", "network.protocol.version": "1.1",
+        "network.peer.address": "127.0.0.1", "network.peer.port": 40000 + r, "server.address": "127.0.0.1",
+        "server.port": 8080, "url.path": route.replace("{id}", "7"), "http.route": route,
+        "http.response.status_code": status, "user_agent.original": "wrk"})
+        for r, route in enumerate(ROUTES) for status in (200, 404, 500)]
+    resource = Resource.of({"service.name": "nginx", "host.name": "bench", "process.pid": 4242,
+                            "process.executable.name": "nginx"})
+    start = time.time_ns()
+    spans = [SpanRecord(i.to_bytes(16, "big"), (i + 1).to_bytes(8, "big"), f"GET {ROUTES[i % 40]}", SpanKind.SERVER,
+                        start + i * 1000, start + i * 1000 + 250_000, attributes=shared[i % len(shared)])
+             for i in range(n)]
+    return [SpanBatch(resource, "otelbpf.sensors.http", spans[i:i + per_batch]) for i in range(0, n, per_batch)]
+
+
+def embedded_path(tmp: str, spans: int, rounds: int) -> list[list]:
+    """Spans/s of the two embedded-default paths into a store file, one thread, A/B by round;
+    the writer flushes every FLUSH_EVERY batches (100,000 spans: a second of a busy server)."""
+    batches = http_span_batches(spans)
+    rates: dict[str, list[float]] = {"in process": [], "OTLP round trip": []}
+
+    def in_process(writer: StoreWriter) -> None:
+        sink = StoreSink(writer)
+        for i, batch in enumerate(batches, 1):
+            sink.export_spans(batch)
+            if i % FLUSH_EVERY == 0:
+                writer.flush()
+
+    def round_trip(writer: StoreWriter) -> None:
+        for i, batch in enumerate(batches, 1):
+            writer.handle("traces", ExportTraceServiceRequest.FromString(encode_traces_request([batch])))
+            if i % FLUSH_EVERY == 0:
+                writer.flush()
+
+    for r in range(rounds):
+        order = [("in process", in_process), ("OTLP round trip", round_trip)]
+        for name, path in order if r % 2 == 0 else order[::-1]:
+            writer = StoreWriter(Store.open(Path(tmp) / f"embedded-{r}-{name[:2]}.duckdb", threads=1),
+                                 max_pending_rows=10 * FLUSH_EVERY * len(batches[0].spans))
+            started = time.process_time()
+            path(writer)
+            writer.flush()
+            rates[name].append(spans / (time.process_time() - started))
+            writer.close()
+    a, b = median(rates["in process"]), median(rates["OTLP round trip"])
+    return [["embedded default: HTTP spans -> store, in process (CPU time, 1 thread, median of "
+             f"{rounds})", f"{spans:,} spans", f"{a:,.0f} spans/s", ">= 500,000 spans/s",
+             "pass" if a >= 500_000 else "MISSED"],
+            ["the same through the OTLP round trip it replaced", f"{spans:,} spans", f"{b:,.0f} spans/s",
+             f"in process: {a / b:.1f}x", ""]]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--spans", type=int, default=SPANS_TOTAL)
     parser.add_argument("--rounds", type=int, default=5, help="RED query repetitions")
+    parser.add_argument("--embedded-spans", type=int, default=200_000)
     args = parser.parse_args()
     rng = np.random.default_rng(7)
     chunks = [synthetic_chunk(rng, CHUNK) for _ in range(2)]
@@ -111,6 +176,7 @@ def main() -> None:
                          f"{count:,} spans", f"{median(times):.3f} s", "<= 1 s",
                          "pass" if median(times) <= 1.0 else "FAIL"])
         store.close()
+        rows_out += embedded_path(tmp, args.embedded_spans, args.rounds)
 
     req = trace_request(20_000)
     started = time.perf_counter()

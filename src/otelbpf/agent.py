@@ -35,6 +35,7 @@ from otelbpf.signals.model import Resource
 from otelbpf.signals.registry import Registry
 
 if TYPE_CHECKING:  # imported when used: the receiver (grpcio) and duckdb only without a collector
+    from otelbpf.profiling.otlp import RetryingProfilesExporter
     from otelbpf.receiver.otlp import OtlpReceiver
     from otelbpf.store.writer import StoreWriter
     from otelbpf.ui import UiServer
@@ -109,7 +110,7 @@ class Agent:
         self._reload = threading.Event()  # SIGHUP: load the security policies again
         self._policy_fingerprint: tuple = ()
         self._threads: list[threading.Thread] = []
-        self._profiles_exporter = None  # OTLP profiles from the profile sensor (with a collector)
+        self._profiles_exporter: RetryingProfilesExporter | None = None  # OTLP profiles (with a collector)
 
     # -- start ----------------------------------------------------------------------------
     def start(self) -> None:
@@ -142,14 +143,15 @@ class Agent:
                                                           "protocol": cfg.otlp_protocol})
             sinks.append(OtlpExporter(settings, self.registry))
         else:
-            # The embedded default: our own OTLP receiver on loopback, fed by the same
-            # exporter a collector would get, plus a live console and a JSON-lines file.
+            # The embedded default: the agent's batches go into the local store in process;
+            # the OTLP receiver on loopback is for programs with an OpenTelemetry SDK. Plus a
+            # live console and a JSON-lines file.
             self.store_writer = self._open_store()
-            self.receiver = self._start_receiver(self.store_writer.handle if self.store_writer else None)
+            if self.store_writer is not None:
+                from otelbpf.store.sink import StoreSink
+                sinks.append(StoreSink(self.store_writer))
+            self.receiver = self._start_receiver(receiver_handler(self.store_writer) if self.store_writer else None)
             self.ui = self._start_ui()
-            settings = OtlpSettings.from_env({}, {"endpoint": self.receiver.http_endpoint,
-                                                  "protocol": "http/protobuf"})
-            sinks.append(OtlpExporter(settings, self.registry, name="embedded"))
         if cfg.console or (cfg.console is None and not cfg.otlp_endpoint):
             sinks.append(ConsoleSink(view=cfg.console_view))
         jsonl = cfg.jsonl_path or (None if cfg.otlp_endpoint else DEFAULT_JSONL)
@@ -159,7 +161,7 @@ class Agent:
         if cfg.prometheus:
             host, port = parse_host_port(cfg.prometheus)
             self.prometheus = PrometheusEndpoint(self.registry, host or "0.0.0.0", port).start()
-        return FanoutSink(sinks) if len(sinks) > 1 else sinks[0]
+        return sinks[0] if len(sinks) == 1 else FanoutSink(sinks)
 
     def _start_receiver(self, handler: Callable | None = None) -> OtlpReceiver:
         from otelbpf.receiver.otlp import OtlpReceiver
@@ -214,10 +216,14 @@ class Agent:
             parts.append(f"metrics on {self.prometheus.url}")
         return "; ".join(parts)
 
+    def _opened_sink(self) -> Sink:
+        assert self.sink is not None, "the sinks are opened before the sensors"
+        return self.sink
+
     def _make_sensor(self, name: str) -> Sensor:
         cfg = self.config
         if name == "process":
-            return ProcessSensor(self.sink.export_logs, self.registry, self.resource,
+            return ProcessSensor(self._opened_sink().export_logs, self.registry, self.resource,
                                  max_args_bytes=cfg.process.max_args_bytes,
                                  keep_secret_args=cfg.process.keep_secret_args,
                                  table_size=cfg.process.table_size, ringbuf_bytes=cfg.ringbuf_bytes)
@@ -239,14 +245,14 @@ class Agent:
                                  max_stacks=cfg.profile.max_stacks)
         if name == "network":
             from otelbpf.sensors.network import NetworkSensor
-            return NetworkSensor(self.sink.export_logs, self.registry, self.resource,
+            return NetworkSensor(self._opened_sink().export_logs, self.registry, self.resource,
                                  sample_interval=cfg.network.sample_interval, capture_dns=cfg.network.capture_dns,
                                  connection_logs=cfg.network.connection_logs, ringbuf_bytes=cfg.ringbuf_bytes)
         if name == "http":
             from otelbpf.sensors.http import HttpSensor, Selection, parse_ports
             http = cfg.http
             selection = Selection(parse_ports(http.open_ports or ""), http.executable)
-            return HttpSensor(self.sink.export_spans, self.registry, self.resource,
+            return HttpSensor(self._opened_sink().export_spans, self.registry, self.resource,
                               capture_bytes=http.capture_bytes, selection=selection, tls=http.tls,
                               ringbuf_bytes=cfg.ringbuf_bytes)
         if name == "security":
@@ -269,7 +275,7 @@ class Agent:
         for note in notes:
             progress(note)
         self._policy_fingerprint = source.fingerprint()
-        return SecuritySensor(self.sink.export_logs, self.registry, self.resource, policies,
+        return SecuritySensor(self._opened_sink().export_logs, self.registry, self.resource, policies,
                               enforce=self.config.security.enforce,
                               keep_secret_args=self.config.process.keep_secret_args,
                               ringbuf_bytes=self.config.ringbuf_bytes)
@@ -278,8 +284,8 @@ class Agent:
         """Load the policy files again into the running security sensor; an invalid set is
         reported and the running one kept."""
         from otelbpf.security.policy import PolicyError
-        from otelbpf.sensors.security import unavailable_hooks
-        sensor = next((s for s in self.sensors if s.name == "security"), None)
+        from otelbpf.sensors.security import SecuritySensor, unavailable_hooks
+        sensor = next((s for s in self.sensors if isinstance(s, SecuritySensor)), None)
         if sensor is None:
             return
         source = self._policy_source()
@@ -395,6 +401,20 @@ class Agent:
         if self.store_writer is not None:
             self.store_writer.close(timeout)  # after the receiver: it wrote the last batches
             self.store_writer = None
+
+
+def receiver_handler(writer: StoreWriter) -> Callable:
+    """The receiver's handler into the store: a full store queue answers the sender with a
+    retryable refusal (HTTP 503 / gRPC UNAVAILABLE with a retry delay)."""
+    from otelbpf.receiver.otlp import Refusal
+    from otelbpf.store.writer import StoreFull
+
+    def handle(signal: str, request) -> None:
+        try:
+            writer.handle(signal, request)
+        except StoreFull as full:
+            raise Refusal(str(full), retry_after=full.retry_after) from None
+    return handle
 
 
 def _both(first: Callable, second: Callable) -> Callable:

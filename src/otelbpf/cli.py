@@ -408,6 +408,7 @@ def _events_lines(args: argparse.Namespace) -> int:
     from otelbpf.store.queries import since_ns
     from otelbpf.views import events
 
+    names: tuple[str, ...]
     if args.all_kinds:
         names = (events.SECURITY_EVENT, *events.PROCESS_EVENTS)
     elif args.security or args.jsonl:
@@ -488,7 +489,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="otelbpf: %(levelname)s %(name)s: %(message)s")
     if args.command == "version":
         from otelbpf.kernel import libbpf
-        print(f"otelbpf {__version__} (libbpf {'%d.%d' % libbpf.version()})")
+        print(f"otelbpf {__version__} (libbpf {'.'.join(map(str, libbpf.version()))})")
         return EXIT_OK
     if args.command == "doctor":
         return cmd_doctor(args)

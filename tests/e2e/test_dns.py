@@ -43,7 +43,8 @@ def dnsmasq(tmp_path):
 def test_every_lookup_is_reported(dnsmasq):
     records = []
     queries = [(name, "A") for name in KNOWN] * 3 + [("nope.otelbpf.test", "A"), ("alpha.otelbpf.test", "AAAA")]
-    with running(NetworkSensor(lambda batch: records.extend(batch.records), Registry(), host_resource(), sample_interval=0.5)) as s:
+    sensor = NetworkSensor(lambda batch: records.extend(batch.records), Registry(), host_resource(), sample_interval=0.5)
+    with running(sensor) as s:
         time.sleep(0.2)
         truth = []
         for name, qtype in queries:

@@ -14,8 +14,8 @@ import pytest
 
 from otelbpf.receiver.otlp import OtlpReceiver
 from tests.conftest import require_tool
-from tests.e2e.test_http_nginx import free_port
 from tests.e2e.test_cli import OTELBPF, value, wait_until
+from tests.e2e.test_http_nginx import free_port
 
 RUN_SECONDS = 20
 

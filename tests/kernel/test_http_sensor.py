@@ -229,7 +229,7 @@ def test_curl_client_spans_and_a_hangup(server):
 
 
 def test_selection_by_port_traces_only_the_selected_server(server):
-    proc, port = server
+    _proc, port = server
     other_proc = subprocess.Popen([sys.executable, "-c", SERVER, str(other := free_port())])
     try:
         time.sleep(0.5)

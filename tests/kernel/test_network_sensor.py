@@ -146,7 +146,7 @@ def test_ipv6_loopback(sensor):
 
 
 def test_refused_connection_is_reported_with_its_target(sensor):
-    s, records, registry = sensor
+    _s, records, _registry = sensor
     probe = socket.socket()
     probe.bind(("127.0.0.1", 0))
     closed_port = probe.getsockname()[1]
@@ -155,14 +155,14 @@ def test_refused_connection_is_reported_with_its_target(sensor):
         socket.create_connection(("127.0.0.1", closed_port), timeout=5)
     assert wait_for(lambda: [r for r in records.logs if r.event_name == "network.connection.failed"
                              and r.attributes["network.peer.port"] == closed_port])
-    rec = [r for r in records.logs if r.attributes.get("network.peer.port") == closed_port][0]
+    rec = next(r for r in records.logs if r.attributes.get("network.peer.port") == closed_port)
     assert rec.attributes["error.type"] == "connection_refused"
     assert rec.attributes["network.peer.address"] == "127.0.0.1"
     assert rec.attributes["process.pid"] == os.getpid()
 
 
 def test_timed_out_connection_is_reported(sensor, test_host):
-    s, records, _ = sensor
+    _s, records, _ = sensor
     # A firewall rule in the test host drops SYNs to port 9: the connection times out.
     test_host.exec("nft", "add table inet obt; add chain inet obt in { type filter hook input priority 0; }; "
                           "add rule inet obt in tcp dport 9 drop")
@@ -174,7 +174,7 @@ def test_timed_out_connection_is_reported(sensor, test_host):
     c.close()
     assert wait_for(lambda: [r for r in records.logs if r.event_name == "network.connection.failed"
                              and r.attributes["network.peer.address"] == test_host.peer_addr])
-    rec = [r for r in records.logs if r.attributes.get("network.peer.address") == test_host.peer_addr][0]
+    rec = next(r for r in records.logs if r.attributes.get("network.peer.address") == test_host.peer_addr)
     assert rec.attributes["error.type"] == "timed_out"
     assert rec.attributes["network.peer.port"] == 9
 
@@ -208,7 +208,7 @@ def test_connections_older_than_the_agent_are_adopted():
 
 
 def test_reset_connection_is_a_failure_with_its_bytes(sensor):
-    s, records, _ = sensor
+    _s, records, _ = sensor
     srv = socket.socket()
     srv.bind(("127.0.0.1", 0))
     srv.listen(1)
@@ -224,7 +224,7 @@ def test_reset_connection_is_a_failure_with_its_bytes(sensor):
     c.close()
     srv.close()
     assert wait_for(lambda: [r for r in records.logs if r.attributes.get("network.local.port") == local_port])
-    rec = [r for r in records.logs if r.attributes.get("network.local.port") == local_port][0]
+    rec = next(r for r in records.logs if r.attributes.get("network.local.port") == local_port)
     assert rec.event_name == "network.connection.failed"
     assert rec.attributes["error.type"] == "connection_reset"
     assert rec.attributes["otelbpf.network.bytes_sent"] == 333

@@ -10,7 +10,8 @@ import pytest
 
 from otelbpf.kernel import BpfObject, LayoutMismatchError, LoadError
 from otelbpf.kernel.objects import possible_cpus
-from otelbpf.sensors.synthetic import BENCH_EVENT, BPF_OBJECT as BENCH_OBJECT
+from tests.synthetic import BENCH_EVENT
+from tests.synthetic import BPF_OBJECT as BENCH_OBJECT
 
 REPO = Path(__file__).resolve().parents[2]
 BUILD = REPO / "build"

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from otelbpf.kernel.ringbuf import RingBufferReader
-from otelbpf.sensors.synthetic import BENCH_EVENT, SyntheticProducer
+from tests.synthetic import BENCH_EVENT, SyntheticProducer
 
 
 @pytest.fixture
@@ -80,7 +80,6 @@ def test_concurrent_drain_loses_nothing():
     # Consumer and producer on different threads (and CPUs), the consumer reading as fast as it
     # can: every record arrives once, in order, and the kernel never finds the ring full.
     import threading
-
     import time
 
     with SyntheticProducer(ring_bytes=16 << 20) as producer:

@@ -1,5 +1,6 @@
 import re
 
+import pydantic
 import pytest
 
 from otelbpf.config import KNOWN_SENSORS, AgentConfig, ConfigError, load_config, parse_host_port
@@ -153,5 +154,5 @@ def test_several_errors_reported_together(tmp_path):
 
 def test_config_is_frozen():
     cfg = load_config(None, {}, {})
-    with pytest.raises(Exception):
+    with pytest.raises(pydantic.ValidationError, match="frozen"):
         cfg.duration = 3

@@ -222,7 +222,7 @@ def test_shutdown_with_collector_down_is_bounded_and_counts_leftovers():
 def test_a_small_batch_leaves_on_the_batch_timeout_without_a_flush():
     # A trickle of events (a few execs a minute) must not wait for a full batch or shutdown.
     with OtlpReceiver() as receiver:
-        ex, registry = exporter(receiver.http_endpoint, "http/protobuf", batch_timeout=0.1)
+        ex, _registry = exporter(receiver.http_endpoint, "http/protobuf", batch_timeout=0.1)
         ex.export_logs(batches(3, 3)[0])
         assert receiver.wait_for_items("logs", 3, timeout=5)
         ex.export_logs(batches(5, 5)[0])  # and again once the queue has gone idle

@@ -123,7 +123,7 @@ def test_symbolizer_resolves_libc_functions_in_this_process():
     addr = ctypes.cast(libc.getpid, ctypes.c_void_p).value
     sym = Symbolizer()
     assert sym.remember(os.getpid())
-    [leaf, caller] = sym.user_frames(os.getpid(), [addr, addr + 1])
+    [leaf, _caller] = sym.user_frames(os.getpid(), [addr, addr + 1])
     assert "getpid" in leaf.name and leaf.resolved and leaf.module.endswith(".so.6")
     assert leaf.build_id
 

@@ -17,6 +17,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
+from otelbpf.agent import receiver_handler
 from otelbpf.receiver.otlp import Refusal
 from otelbpf.signals.model import LogBatch, LogRecord, Resource, Severity
 from otelbpf.signals.otlp import logs_request, metrics_request
@@ -24,7 +25,7 @@ from otelbpf.signals.registry import Registry
 from otelbpf.store import QueryError, Store, StoreError, queries, retention
 from otelbpf.store.client import check_read_only
 from otelbpf.store.schema import LOGS, TABLES
-from otelbpf.store.writer import StoreWriter
+from otelbpf.store.writer import StoreFull, StoreWriter
 
 RESOURCE = Resource.of({"service.name": "otelbpf", "host.name": "test"})
 
@@ -126,9 +127,12 @@ def test_full_queue_refuses_with_a_retry_hint(store):
     writer = StoreWriter(store, max_pending_rows=15)
     batch, _ = process_batch(5, time.time_ns())
     writer.handle("logs", logs_request([batch]))
-    with pytest.raises(Refusal) as refused:
+    with pytest.raises(StoreFull) as refused:
         writer.handle("logs", logs_request([batch]))
-    assert refused.value.http_status == 503 and refused.value.retry_after >= 1
+    assert refused.value.retry_after >= 1
+    with pytest.raises(Refusal) as refused_to_sender:  # what the receiver answers an SDK with
+        receiver_handler(writer)("logs", logs_request([batch]))
+    assert refused_to_sender.value.http_status == 503 and refused_to_sender.value.retry_after >= 1
     writer.flush()
     writer.handle("logs", logs_request([batch]))  # room again after the flush
 
@@ -249,5 +253,5 @@ def test_store_and_ui_settings_are_validated():
     assert (config.store.path, config.store.flush_interval, config.ui) == ("/tmp/x.duckdb", 0.5, "127.0.0.1:0")
     with pytest.raises(ConfigError, match="flag --ui: ui: the UI serves loopback only"):
         load_config(None, {}, {"ui": "0.0.0.0:4380"})
-    with pytest.raises(ConfigError, match="store.retention_bytes: must be >="):
+    with pytest.raises(ConfigError, match=r"store\.retention_bytes: must be >="):
         load_config(None, {"OTELBPF_STORE__RETENTION_BYTES": "1000"}, {})

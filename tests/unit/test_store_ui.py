@@ -117,7 +117,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
 
 
 def test_commands_query_a_store_held_by_a_running_ui(served):
-    _, path, truth = served  # this process holds the file: the commands go through the UI
+    _, path, _truth = served  # this process holds the file: the commands go through the UI
     out = run_cli("query", "SELECT count(*) AS n FROM process_events", "--store", str(path), "--format", "csv")
     assert out.returncode == 0 and out.stdout.split() == ["n", "46"], out.stderr
     out = run_cli("top", "--store", str(path))

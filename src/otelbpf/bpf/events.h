@@ -44,16 +44,6 @@ struct exec_event {
 	__u32 _pad;
 };
 
-/* The ring buffer benchmark's synthetic record: 40 bytes, as in the bar. */
-struct bench_event {
-	__u64 seq;
-	__u64 ktime_ns;
-	__u32 cpu;
-	__u32 batch;
-	__u64 a;
-	__u64 b;
-};
-
 /* CPU profiling: samples counted in the kernel per (process, thread name, user stack,
  * kernel stack). A stack id below 0 means no stack of that kind (kernel thread, or a
  * sample taken in user mode has no kernel stack). */

@@ -14,7 +14,7 @@ import threading
 from typing import IO
 
 from otelbpf.export.lines import clock, compact_attributes, cut, format_line
-from otelbpf.signals.model import AttrValue, Attributes, LogBatch, MetricBatch, MetricKind, SpanBatch
+from otelbpf.signals.model import Attributes, AttrValue, LogBatch, MetricBatch, MetricKind, SpanBatch
 
 
 def _json_value(value: AttrValue) -> object:
@@ -23,6 +23,11 @@ def _json_value(value: AttrValue) -> object:
     if isinstance(value, list | tuple):
         return [_json_value(v) for v in value]
     return value
+
+
+def _text(value: AttrValue) -> str:
+    """An attribute value in a compact line: as str() has it, bytes in hex as in JSON lines."""
+    return bytes(value).hex() if isinstance(value, bytes | bytearray | memoryview) else str(value)
 
 
 def _json_attributes(attributes: Attributes) -> dict[str, object]:
@@ -191,7 +196,8 @@ class ConsoleSink(_StreamSink):
             else:
                 a = s.attributes
                 status = a.get("http.response.status_code", a.get("error.type", ""))
-                detail = f"{service}[{pid}]  {status} {a.get('server.address', '')}:{a.get('server.port', '')}"
+                where = f"{_text(a.get('server.address', ''))}:{_text(a.get('server.port', ''))}"
+                detail = f"{_text(service)}[{_text(pid)}]  {_text(status)} {where}"
             lines.append(cut(f"{clock(s.start_time_unix_nano)} SPAN  {s.kind.name.lower():<6} {s.name} "
                              f"{ms:.3f}ms {detail}".rstrip(), width))
         self._write(lines)

@@ -18,7 +18,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypedDict, TypeVar
 
 import urllib3
 from google.protobuf.message import DecodeError, Message
@@ -72,7 +72,7 @@ def _grpc_method(service_module, service: str) -> str:
     return f"/{service_module.DESCRIPTOR.services_by_name[service].full_name}/Export"
 
 
-_CODECS = {
+_CODECS: dict[str, _Codec[LogBatch] | _Codec[MetricBatch] | _Codec[SpanBatch]] = {
     "logs": _Codec(
         count=mapping.log_item_count,
         split=_split_logs,
@@ -110,6 +110,14 @@ def _grpc_transport_class():
     return GrpcTransport
 
 
+class _TlsOptions(TypedDict, total=False):
+    """urllib3 connection pool keywords for an https:// endpoint."""
+
+    ca_certs: str | None
+    cert_file: str | None
+    key_file: str | None
+
+
 class _HttpTransport:
     """POSTs over a keep-alive urllib3 pool."""
 
@@ -123,9 +131,9 @@ class _HttpTransport:
         }
         if settings.compression == "gzip":
             self._headers["Content-Encoding"] = "gzip"
-        tls = {}
+        tls: _TlsOptions = {}
         if settings.endpoint.startswith("https://"):
-            tls = dict(
+            tls = _TlsOptions(
                 ca_certs=settings.certificate,
                 cert_file=settings.client_certificate,
                 key_file=settings.client_key,
@@ -189,16 +197,19 @@ class _SignalPipeline:
     ) -> None:
         self.signal = signal
         self._settings = settings
-        self._codec = _CODECS[signal]
+        self._codec: _Codec[Any] = _CODECS[signal]  # the batches it gets are of its signal
         signal_settings = settings.for_signal(signal)
         transport_class = _grpc_transport_class() if signal_settings.protocol == "grpc" else _HttpTransport
         self._transport = transport_class(signal_settings, self._codec)
         attrs = {"signal": signal, "exporter": exporter_name}
         self._attrs = attrs
         self._sent = registry.counter("otelbpf.exporter.sent", "Items the receiver accepted", "{item}")
-        self._failed = registry.counter("otelbpf.exporter.failed", "Items given up on after a permanent error or retries ran out", "{item}")
-        self._retried = registry.counter("otelbpf.exporter.retried", "Items in requests sent again after a retryable error", "{item}")
-        self._dropped = registry.counter("otelbpf.exporter.dropped", "Items dropped because the queue was full or at shutdown", "{item}")
+        self._failed = registry.counter("otelbpf.exporter.failed",
+                                        "Items given up on after a permanent error or retries ran out", "{item}")
+        self._retried = registry.counter("otelbpf.exporter.retried",
+                                         "Items in requests sent again after a retryable error", "{item}")
+        self._dropped = registry.counter("otelbpf.exporter.dropped",
+                                         "Items dropped because the queue was full or at shutdown", "{item}")
         self._rejected = registry.counter("otelbpf.exporter.rejected", "Items the receiver rejected (partial success)", "{item}")
         self._queue_size = registry.up_down_counter("otelbpf.exporter.queue.size", "Items queued or in flight", "{item}")
 

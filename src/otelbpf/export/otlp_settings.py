@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import SupportsFloat, SupportsIndex, SupportsInt
 from urllib.parse import unquote, urlsplit
 
 SIGNALS = ("logs", "metrics", "traces")
@@ -141,7 +142,14 @@ class _Source:
 
 def _number(name: str, value: object, minimum: float, integer: bool) -> float:
     try:
-        number = int(value) if integer else float(value)  # type: ignore[arg-type]
+        # What int() and float() take; anything else is the TypeError they would raise.
+        number: float
+        if integer and isinstance(value, str | bytes | bytearray | SupportsInt | SupportsIndex):
+            number = int(value)
+        elif not integer and isinstance(value, str | bytes | bytearray | SupportsFloat | SupportsIndex):
+            number = float(value)
+        else:
+            raise TypeError
         if integer and isinstance(value, float | str) and float(value) != number:
             raise ValueError
     except (TypeError, ValueError):

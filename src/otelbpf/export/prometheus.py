@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 import threading
 from collections.abc import Iterator
+from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import start_http_server
 from prometheus_client.core import (
@@ -16,6 +17,8 @@ from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
     HistogramMetricFamily,
+)
+from prometheus_client.core import (
     Metric as PromMetric,
 )
 
@@ -64,14 +67,15 @@ class RegistryCollector:
             return [_label_value(point.attributes.get(key, "")) for key in label_keys]
 
         if metric.kind is MetricKind.HISTOGRAM:
-            family = HistogramMetricFamily(name, metric.description, labels=labels, unit="")
+            histogram = HistogramMetricFamily(name, metric.description, labels=labels, unit="")
             for p in metric.points:
                 cumulative, buckets = 0, []
                 for bound, count in zip((*p.bounds, float("inf")), p.bucket_counts, strict=True):
                     cumulative += count
                     buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
-                family.add_metric(values(p), buckets, p.sum)
-            return family
+                histogram.add_metric(values(p), buckets, p.sum)
+            return histogram
+        family: CounterMetricFamily | GaugeMetricFamily
         if metric.kind is MetricKind.SUM and metric.monotonic:
             family = CounterMetricFamily(name, metric.description, labels=labels)
         else:
@@ -91,7 +95,7 @@ class PrometheusEndpoint:
         self.port: int | None = None
         self._prometheus_registry = CollectorRegistry(auto_describe=False)
         self._prometheus_registry.register(RegistryCollector(registry))
-        self._server = None
+        self._server: WSGIServer | None = None
         self._thread: threading.Thread | None = None
 
     def start(self) -> PrometheusEndpoint:

@@ -47,7 +47,7 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
 def send_with_retry(
     send: Callable[[], T],
     policy: RetrySettings,
-    sleep: Callable[[float], None],
+    sleep: Callable[[float], object],  # what it returns is not used (Event.wait's bool)
     on_retry: Callable[[str], None],
     deadline: Callable[[], float],
 ) -> T:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import platform
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -23,9 +24,9 @@ class OrderingUnavailable(Exception):
 
 @dataclass(frozen=True)
 class Ordering:
-    load_acquire: ctypes._CFuncPtr | None
-    store_release: ctypes._CFuncPtr | None
-    fence_acquire: ctypes._CFuncPtr | None
+    load_acquire: Callable[[int], int] | None  # (address) -> the u64 there
+    store_release: Callable[[int, int], None] | None  # (address, value)
+    fence_acquire: Callable[[], None] | None
     how: str
 
 

@@ -89,6 +89,7 @@ def _compare(btf: int, struct_name: str, dtype: np.dtype, prefix: str, problems:
     if size != dtype.itemsize:
         problems.append(f"{prefix or struct_name}: size {dtype.itemsize} in Python, {size} in BPF")
     members = struct_members(btf, type_id)
+    assert dtype.fields is not None, f"{struct_name}: the Python mirror is not a structured dtype"
     for field, (fdtype, offset, *_) in dtype.fields.items():
         if field.startswith("_pad"):
             continue

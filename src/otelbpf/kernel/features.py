@@ -98,7 +98,7 @@ def _probe_hook(obj_path: Path, program: str, cgroup_root: str | None) -> tuple[
 def probe(obj_path: Path, cgroup_root: str | None = None) -> list[Feature]:
     """The feature table; cgroup_root (the cgroup v2 mount) lets cgroup programs be tried."""
     caps = effective_capabilities()
-    has = lambda cap: bool(caps >> cap & 1)  # noqa: E731
+    has = lambda cap: bool(caps >> cap & 1)
     soft, _ = resource.getrlimit(resource.RLIMIT_MEMLOCK)
     features = [
         Feature("root or CAP_BPF", os.geteuid() == 0 or has(CAP_BPF) or has(CAP_SYS_ADMIN),
@@ -110,7 +110,7 @@ def probe(obj_path: Path, cgroup_root: str | None = None) -> list[Feature]:
         Feature("memlock", True, "unlimited" if soft == resource.RLIM_INFINITY else f"{soft} bytes "
                 "(kernels >= 5.11 account BPF memory to the cgroup instead)"),
         Feature("libbpf", libbpf.version() >= libbpf.LIBBPF_MIN_VERSION,
-                "%d.%d" % libbpf.version(), True),
+                ".".join(map(str, libbpf.version())), True),
     ]
     ring_ok = libbpf.libbpf_probe_bpf_map_type(BPF_MAP_TYPE_RINGBUF, None) == 1
     features.append(Feature("ring buffer", ring_ok, "BPF_MAP_TYPE_RINGBUF", True))

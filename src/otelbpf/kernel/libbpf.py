@@ -1,7 +1,10 @@
 """ctypes bindings to libbpf.so.1 (>= 1.1): only the functions the agent uses.
 
-libbpf's own log goes through one print callback; we keep the most recent lines so that a
-failed load can show the verifier's reasons in the exception it raises.
+Importing this module does no work: libbpf is opened, its print callback installed and each
+function bound on first use (module __getattr__), so `otelbpf --help`, the store commands
+and unprivileged tests never touch libbpf. libbpf's own log goes through one print
+callback; we keep the most recent lines so that a failed load can show the verifier's
+reasons in the exception it raises.
 """
 
 from __future__ import annotations
@@ -18,6 +21,15 @@ c_u32, c_u64, c_bool = ctypes.c_uint32, ctypes.c_uint64, ctypes.c_bool
 LIBBPF_MIN_VERSION = (1, 1)
 
 
+class LibbpfMissing(ImportError):
+    """libbpf.so.1 cannot be opened on this host."""
+
+
+_lib: ctypes.CDLL | None = None
+_bind_lock = threading.Lock()
+_SIGNATURES: dict[str, tuple] = {}  # function name -> (restype, *argtypes), bound on first use
+
+
 def _load() -> ctypes.CDLL:
     for name in ("libbpf.so.1", ctypes.util.find_library("bpf")):
         if not name:
@@ -26,48 +38,68 @@ def _load() -> ctypes.CDLL:
             return ctypes.CDLL(name, use_errno=True)
         except OSError:
             continue
-    raise ImportError("libbpf.so.1 not found: install it (Debian: apt-get install libbpf1)")
+    raise LibbpfMissing("libbpf.so.1 not found: install it (Debian: apt-get install libbpf1)")
 
 
-lib = _load()
+def library() -> ctypes.CDLL:
+    """libbpf, opened once, with our print callback installed before any other call."""
+    global _lib
+    with _bind_lock:
+        if _lib is None:
+            lib = _load()
+            set_print = lib.libbpf_set_print
+            set_print.restype, set_print.argtypes = c_void_p, [PRINT_FN]
+            set_print(_print_cb)
+            _lib = lib
+        return _lib
 
 
-def _fn(name: str, restype, *argtypes):
-    f = getattr(lib, name)
-    f.restype = restype
-    f.argtypes = list(argtypes)
+def _fn(name: str, restype, *argtypes) -> None:
+    """Declares a libbpf function; it is bound when first used."""
+    _SIGNATURES[name] = (restype, *argtypes)
+
+
+def __getattr__(name: str):
+    signature = _SIGNATURES.get(name)
+    if signature is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    f = getattr(library(), name)
+    f.restype, f.argtypes = signature[0], list(signature[1:])
+    globals()[name] = f  # later uses find it without coming here
     return f
 
 
 # --- version ---------------------------------------------------------------------------
-libbpf_major_version = _fn("libbpf_major_version", c_u32)
-libbpf_minor_version = _fn("libbpf_minor_version", c_u32)
+_fn("libbpf_major_version", c_u32)
+_fn("libbpf_minor_version", c_u32)
 
 
 def version() -> tuple[int, int]:
-    return libbpf_major_version(), libbpf_minor_version()
+    return __getattr__("libbpf_major_version")(), __getattr__("libbpf_minor_version")()
 
 
 # --- log capture -----------------------------------------------------------------------
 PRINT_FN = ctypes.CFUNCTYPE(c_int, c_int, c_char_p, c_void_p)
-_vsnprintf = ctypes.CDLL(None).vsnprintf
+_vsnprintf = ctypes.CDLL(None).vsnprintf  # libc, already mapped into every process
 _vsnprintf.restype = c_int
 _vsnprintf.argtypes = [c_char_p, c_size_t, c_char_p, c_void_p]
 
 _log_lock = threading.Lock()
 _log_lines: collections.deque[tuple[int, str]] = collections.deque(maxlen=400)
 _log_seq = 0
-_print_buffer = ctypes.create_string_buffer(4 << 20)
+_print_buffer: ctypes.Array | None = None  # made on libbpf's first print
 LIBBPF_WARN, LIBBPF_INFO, LIBBPF_DEBUG = 0, 1, 2
 _log_level = LIBBPF_INFO
 
 
 @PRINT_FN
 def _print_cb(level: int, fmt: bytes, va_list: int) -> int:
-    global _log_seq
+    global _log_seq, _print_buffer
     if level > _log_level:
         return 0
     with _log_lock:
+        if _print_buffer is None:
+            _print_buffer = ctypes.create_string_buffer(4 << 20)
         # One buffer big enough for a whole verifier log (libbpf prints it in one call and a
         # va_list cannot be replayed): its end holds the reason for a rejection.
         n = _vsnprintf(_print_buffer, len(_print_buffer), fmt, va_list)
@@ -76,9 +108,6 @@ def _print_cb(level: int, fmt: bytes, va_list: int) -> int:
             _log_seq += 1
             _log_lines.append((_log_seq, line))
     return n
-
-
-_fn("libbpf_set_print", c_void_p, PRINT_FN)(_print_cb)
 
 
 def log_mark() -> int:
@@ -93,27 +122,27 @@ def log_since(mark: int) -> str:
 
 
 # --- objects and programs --------------------------------------------------------------
-bpf_object__open_file = _fn("bpf_object__open_file", c_void_p, c_char_p, c_void_p)
-bpf_object__load = _fn("bpf_object__load", c_int, c_void_p)
-bpf_object__close = _fn("bpf_object__close", None, c_void_p)
-bpf_object__name = _fn("bpf_object__name", c_char_p, c_void_p)
-bpf_object__btf = _fn("bpf_object__btf", c_void_p, c_void_p)
-bpf_object__next_program = _fn("bpf_object__next_program", c_void_p, c_void_p, c_void_p)
-bpf_object__next_map = _fn("bpf_object__next_map", c_void_p, c_void_p, c_void_p)
-bpf_object__find_program_by_name = _fn("bpf_object__find_program_by_name", c_void_p, c_void_p, c_char_p)
-bpf_object__find_map_by_name = _fn("bpf_object__find_map_by_name", c_void_p, c_void_p, c_char_p)
+_fn("bpf_object__open_file", c_void_p, c_char_p, c_void_p)
+_fn("bpf_object__load", c_int, c_void_p)
+_fn("bpf_object__close", None, c_void_p)
+_fn("bpf_object__name", c_char_p, c_void_p)
+_fn("bpf_object__btf", c_void_p, c_void_p)
+_fn("bpf_object__next_program", c_void_p, c_void_p, c_void_p)
+_fn("bpf_object__next_map", c_void_p, c_void_p, c_void_p)
+_fn("bpf_object__find_program_by_name", c_void_p, c_void_p, c_char_p)
+_fn("bpf_object__find_map_by_name", c_void_p, c_void_p, c_char_p)
 
-bpf_program__name = _fn("bpf_program__name", c_char_p, c_void_p)
-bpf_program__section_name = _fn("bpf_program__section_name", c_char_p, c_void_p)
-bpf_program__fd = _fn("bpf_program__fd", c_int, c_void_p)
-bpf_program__set_autoload = _fn("bpf_program__set_autoload", c_int, c_void_p, c_bool)
-bpf_program__autoload = _fn("bpf_program__autoload", c_bool, c_void_p)
-bpf_program__attach = _fn("bpf_program__attach", c_void_p, c_void_p)
-bpf_program__attach_perf_event = _fn("bpf_program__attach_perf_event", c_void_p, c_void_p, c_int)
-bpf_program__attach_cgroup = _fn("bpf_program__attach_cgroup", c_void_p, c_void_p, c_int)
-bpf_program__attach_iter = _fn("bpf_program__attach_iter", c_void_p, c_void_p, c_void_p)
-bpf_iter_create = _fn("bpf_iter_create", c_int, c_int)
-bpf_program__attach_tracepoint = _fn("bpf_program__attach_tracepoint", c_void_p, c_void_p, c_char_p, c_char_p)
+_fn("bpf_program__name", c_char_p, c_void_p)
+_fn("bpf_program__section_name", c_char_p, c_void_p)
+_fn("bpf_program__fd", c_int, c_void_p)
+_fn("bpf_program__set_autoload", c_int, c_void_p, c_bool)
+_fn("bpf_program__autoload", c_bool, c_void_p)
+_fn("bpf_program__attach", c_void_p, c_void_p)
+_fn("bpf_program__attach_perf_event", c_void_p, c_void_p, c_int)
+_fn("bpf_program__attach_cgroup", c_void_p, c_void_p, c_int)
+_fn("bpf_program__attach_iter", c_void_p, c_void_p, c_void_p)
+_fn("bpf_iter_create", c_int, c_int)
+_fn("bpf_program__attach_tracepoint", c_void_p, c_void_p, c_char_p, c_char_p)
 
 
 class bpf_uprobe_opts(ctypes.Structure):
@@ -127,47 +156,44 @@ class bpf_uprobe_opts(ctypes.Structure):
     ]
 
 
-bpf_program__attach_uprobe_opts = _fn(
-    "bpf_program__attach_uprobe_opts", c_void_p, c_void_p, c_int, c_char_p, c_size_t,
+_fn("bpf_program__attach_uprobe_opts", c_void_p, c_void_p, c_int, c_char_p, c_size_t,
     ctypes.POINTER(bpf_uprobe_opts))
 
-bpf_link__destroy = _fn("bpf_link__destroy", c_int, c_void_p)
-bpf_link__fd = _fn("bpf_link__fd", c_int, c_void_p)
+_fn("bpf_link__destroy", c_int, c_void_p)
+_fn("bpf_link__fd", c_int, c_void_p)
 
 # --- maps ------------------------------------------------------------------------------
-bpf_map__name = _fn("bpf_map__name", c_char_p, c_void_p)
-bpf_map__fd = _fn("bpf_map__fd", c_int, c_void_p)
-bpf_map__type = _fn("bpf_map__type", c_int, c_void_p)
-bpf_map__key_size = _fn("bpf_map__key_size", c_u32, c_void_p)
-bpf_map__value_size = _fn("bpf_map__value_size", c_u32, c_void_p)
-bpf_map__max_entries = _fn("bpf_map__max_entries", c_u32, c_void_p)
-bpf_map__set_max_entries = _fn("bpf_map__set_max_entries", c_int, c_void_p, c_u32)
-bpf_map__set_value_size = _fn("bpf_map__set_value_size", c_int, c_void_p, c_u32)
-bpf_map__initial_value = _fn("bpf_map__initial_value", c_void_p, c_void_p, ctypes.POINTER(c_size_t))
-bpf_map__set_initial_value = _fn("bpf_map__set_initial_value", c_int, c_void_p, c_void_p, c_size_t)
+_fn("bpf_map__name", c_char_p, c_void_p)
+_fn("bpf_map__fd", c_int, c_void_p)
+_fn("bpf_map__type", c_int, c_void_p)
+_fn("bpf_map__key_size", c_u32, c_void_p)
+_fn("bpf_map__value_size", c_u32, c_void_p)
+_fn("bpf_map__max_entries", c_u32, c_void_p)
+_fn("bpf_map__set_max_entries", c_int, c_void_p, c_u32)
+_fn("bpf_map__set_value_size", c_int, c_void_p, c_u32)
+_fn("bpf_map__initial_value", c_void_p, c_void_p, ctypes.POINTER(c_size_t))
+_fn("bpf_map__set_initial_value", c_int, c_void_p, c_void_p, c_size_t)
 
-bpf_map_lookup_elem = _fn("bpf_map_lookup_elem", c_int, c_int, c_void_p, c_void_p)
-bpf_map_update_elem = _fn("bpf_map_update_elem", c_int, c_int, c_void_p, c_void_p, c_u64)
-bpf_map_delete_elem = _fn("bpf_map_delete_elem", c_int, c_int, c_void_p)
-bpf_map_get_next_key = _fn("bpf_map_get_next_key", c_int, c_int, c_void_p, c_void_p)
+_fn("bpf_map_lookup_elem", c_int, c_int, c_void_p, c_void_p)
+_fn("bpf_map_update_elem", c_int, c_int, c_void_p, c_void_p, c_u64)
+_fn("bpf_map_delete_elem", c_int, c_int, c_void_p)
+_fn("bpf_map_get_next_key", c_int, c_int, c_void_p, c_void_p)
 
 
 class bpf_map_batch_opts(ctypes.Structure):
     _fields_ = [("sz", c_size_t), ("elem_flags", c_u64), ("flags", c_u64)]
 
 
-bpf_map_lookup_and_delete_batch = _fn(
-    "bpf_map_lookup_and_delete_batch", c_int, c_int, c_void_p, c_void_p, c_void_p, c_void_p,
+_fn("bpf_map_lookup_and_delete_batch", c_int, c_int, c_void_p, c_void_p, c_void_p, c_void_p,
     ctypes.POINTER(c_u32), ctypes.POINTER(bpf_map_batch_opts))
-bpf_map_lookup_batch = _fn(
-    "bpf_map_lookup_batch", c_int, c_int, c_void_p, c_void_p, c_void_p, c_void_p,
+_fn("bpf_map_lookup_batch", c_int, c_int, c_void_p, c_void_p, c_void_p, c_void_p,
     ctypes.POINTER(c_u32), ctypes.POINTER(bpf_map_batch_opts))
 
-bpf_map_create = _fn("bpf_map_create", c_int, c_int, c_char_p, c_u32, c_u32, c_u32, c_void_p)
-libbpf_num_possible_cpus = _fn("libbpf_num_possible_cpus", c_int)
-libbpf_probe_bpf_prog_type = _fn("libbpf_probe_bpf_prog_type", c_int, c_int, c_void_p)
-libbpf_probe_bpf_map_type = _fn("libbpf_probe_bpf_map_type", c_int, c_int, c_void_p)
-libbpf_probe_bpf_helper = _fn("libbpf_probe_bpf_helper", c_int, c_int, c_int, c_void_p)
+_fn("bpf_map_create", c_int, c_int, c_char_p, c_u32, c_u32, c_u32, c_void_p)
+_fn("libbpf_num_possible_cpus", c_int)
+_fn("libbpf_probe_bpf_prog_type", c_int, c_int, c_void_p)
+_fn("libbpf_probe_bpf_map_type", c_int, c_int, c_void_p)
+_fn("libbpf_probe_bpf_helper", c_int, c_int, c_int, c_void_p)
 
 # --- program runs (BPF_PROG_RUN) and program info --------------------------------------
 
@@ -192,7 +218,7 @@ class bpf_test_run_opts(ctypes.Structure):
     ]
 
 
-bpf_prog_test_run_opts = _fn("bpf_prog_test_run_opts", c_int, c_int, ctypes.POINTER(bpf_test_run_opts))
+_fn("bpf_prog_test_run_opts", c_int, c_int, ctypes.POINTER(bpf_test_run_opts))
 
 
 class bpf_prog_info(ctypes.Structure):
@@ -215,20 +241,20 @@ class bpf_prog_info(ctypes.Structure):
     ]
 
 
-bpf_obj_get_info_by_fd = _fn("bpf_obj_get_info_by_fd", c_int, c_int, c_void_p, ctypes.POINTER(c_u32))
+_fn("bpf_obj_get_info_by_fd", c_int, c_int, c_void_p, ctypes.POINTER(c_u32))
 
 # --- ring buffer (libbpf's callback path; the agent uses kernel.ringbuf instead) ---------
 RING_BUFFER_SAMPLE_FN = ctypes.CFUNCTYPE(c_int, c_void_p, c_void_p, c_size_t)
-ring_buffer__new = _fn("ring_buffer__new", c_void_p, c_int, RING_BUFFER_SAMPLE_FN, c_void_p, c_void_p)
-ring_buffer__poll = _fn("ring_buffer__poll", c_int, c_void_p, c_int)
-ring_buffer__free = _fn("ring_buffer__free", None, c_void_p)
+_fn("ring_buffer__new", c_void_p, c_int, RING_BUFFER_SAMPLE_FN, c_void_p, c_void_p)
+_fn("ring_buffer__poll", c_int, c_void_p, c_int)
+_fn("ring_buffer__free", None, c_void_p)
 
 # --- BTF -------------------------------------------------------------------------------
-btf__find_by_name_kind = _fn("btf__find_by_name_kind", ctypes.c_int32, c_void_p, c_char_p, c_u32)
-btf__type_by_id = _fn("btf__type_by_id", c_void_p, c_void_p, c_u32)
-btf__name_by_offset = _fn("btf__name_by_offset", c_char_p, c_void_p, c_u32)
-btf__resolve_size = _fn("btf__resolve_size", ctypes.c_int64, c_void_p, c_u32)
-btf__resolve_type = _fn("btf__resolve_type", c_int, c_void_p, c_u32)
+_fn("btf__find_by_name_kind", ctypes.c_int32, c_void_p, c_char_p, c_u32)
+_fn("btf__type_by_id", c_void_p, c_void_p, c_u32)
+_fn("btf__name_by_offset", c_char_p, c_void_p, c_u32)
+_fn("btf__resolve_size", ctypes.c_int64, c_void_p, c_u32)
+_fn("btf__resolve_type", c_int, c_void_p, c_u32)
 
 
 def errno_of(ret: int | None) -> int:

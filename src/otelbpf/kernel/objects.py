@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import ctypes
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
@@ -40,7 +42,7 @@ class Link:
     """An attachment of a program to a hook; destroy() detaches it."""
 
     def __init__(self, ptr: int, description: str):
-        self._ptr = ptr
+        self._ptr: int | None = ptr  # None once destroyed
         self.description = description
 
     @property
@@ -250,6 +252,9 @@ class Map:
         return k, (v.reshape(len(k), cpus) if cpus > 1 else v)
 
 
+_Item = TypeVar("_Item", Program, Map)
+
+
 class BpfObject:
     """One compiled BPF object file (*.bpf.o)."""
 
@@ -267,8 +272,10 @@ class BpfObject:
         self.programs = self._collect(libbpf.bpf_object__next_program, lambda p: Program(self, p))
         self.maps = self._collect(libbpf.bpf_object__next_map, Map)
 
-    def _collect(self, next_fn, make) -> dict:
-        out, cur = {}, None
+    def _collect(self, next_fn: Callable[[int, int | None], int | None],
+                 make: Callable[[int], _Item]) -> dict[str, _Item]:
+        out: dict[str, _Item] = {}
+        cur: int | None = None
         while True:
             cur = next_fn(self._ptr, cur)
             if not cur:

@@ -64,7 +64,7 @@ class RecordBatch:
 
     def payload(self, i: int) -> memoryview:
         start = int(self.offsets[i])
-        return memoryview(self.data)[start:start + int(self.lengths[i])]
+        return self.data.data[start:start + int(self.lengths[i])]  # ndarray.data: memoryview(self.data)
 
 
 _EMPTY = RecordBatch(np.zeros(0, np.uint8), np.zeros(0, np.int64), np.zeros(0, np.uint32))
@@ -98,9 +98,9 @@ class RingBufferReader:
         # the ring is full and drops records.
         self._cons_pos = np.frombuffer(self._consumer, dtype=np.uint64, count=1)
         self._prod_pos = np.frombuffer(self._producer, dtype=np.uint64, count=1)
-        self._record_size = record_size
+        self._record_size = record_size or 0  # read only on the strided path (record_size given)
         self._stride = record_stride(record_size) if record_size else 0
-        self._epoll = select.epoll()
+        self._epoll: select.epoll | None = select.epoll()  # None once closed
         self._epoll.register(self._fd, select.EPOLLIN)
         self.records_read = 0
         self.bytes_read = 0
@@ -128,6 +128,7 @@ class RingBufferReader:
         """Block until the kernel signals data (or timeout seconds); True if data is ready."""
         if self.pending_bytes():
             return True
+        assert self._epoll is not None, "the reader is closed"
         return bool(self._epoll.poll(timeout))
 
     # -- draining -------------------------------------------------------------------------

@@ -41,13 +41,14 @@ DEFAULT_SECRET_KEYWORDS: tuple[str, ...] = (
 
 # The last word of keys that describe a secret without being one.
 _NOT_SECRET_LAST_WORDS = frozenset(
-    "file path dir id name type url uri endpoint host port user username login method mode"
-    " length len size timeout ttl expiry enabled required prompt command cmd env".split()
+    ["file", "path", "dir", "id", "name", "type", "url", "uri", "endpoint", "host", "port", "user", "username",
+     "login", "method", "mode", "length", "len", "size", "timeout", "ttl", "expiry", "enabled", "required",
+     "prompt", "command", "cmd", "env"]
 )
 _HEADERS_ALWAYS_SECRET = frozenset({"authorization", "proxy-authorization", "cookie"})
 _MYSQL_CLIENTS = frozenset(
-    "mysql mysqldump mysqladmin mysqlimport mysqlshow mysqlcheck mysqlpump mysqlslap"
-    " mariadb mariadb-dump mariadb-admin mariadb-import mariadb-show mariadb-check".split()
+    ["mysql", "mysqldump", "mysqladmin", "mysqlimport", "mysqlshow", "mysqlcheck", "mysqlpump", "mysqlslap",
+     "mariadb", "mariadb-dump", "mariadb-admin", "mariadb-import", "mariadb-show", "mariadb-check"]
 )
 _CURL_USER_OPTIONS = frozenset({"-u", "--user", "-U", "--proxy-user"})
 

@@ -50,9 +50,10 @@ def build_tree(folded: Counter[str], baseline: Counter[str] | None = None) -> No
         for line, n in baseline.items():
             node = root
             for name in line.split(";"):
-                node = node.children.get(name)
-                if node is None:  # gone in the newer profile: nothing to draw it on
+                child = node.children.get(name)
+                if child is None:  # gone in the newer profile: nothing to draw it on
                     break
+                node = child
                 node.baseline += n * scale
     return root
 

@@ -7,6 +7,7 @@ Every table of the dictionary starts with its zero entry, as the specification r
 from __future__ import annotations
 
 import collections
+import functools
 import logging
 import math
 import threading
@@ -209,7 +210,7 @@ class RetryingProfilesExporter(OtlpProfilesExporter):
                 profile = self._queue.popleft()
             body = to_request(profile, self._resource).SerializeToString()
             try:
-                send_with_retry(lambda body=body: self._send(body), self._retry, self._wake.wait, self._on_retry,
+                send_with_retry(functools.partial(self._send, body), self._retry, self._wake.wait, self._on_retry,
                                 lambda: self._deadline)
                 self.sent += 1
             except (RetryableError, PermanentError) as e:

@@ -16,8 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from otelbpf.kernel import BpfObject, Program
-from otelbpf.kernel import perf
+from otelbpf.kernel import BpfObject, Program, perf
 from otelbpf.kernel.ringbuf import RingBufferReader
 
 BPF_OBJECT = Path(__file__).resolve().parent.parent / "bpf" / "profile.bpf.o"
@@ -112,6 +111,7 @@ class CpuSampler:
         return raw
 
     def _take_stacks(self, gen: int, keys: np.ndarray) -> dict[int, list[int]]:
+        assert self._obj is not None  # called by drain(), which checked
         stack_map = self._obj.maps[f"profile_stacks_{gen}"]
         ids = np.union1d(keys["user_stack_id"], keys["kernel_stack_id"])
         stacks: dict[int, list[int]] = {}
@@ -123,11 +123,13 @@ class CpuSampler:
                 zeros = np.flatnonzero(addrs == 0)
                 stacks[stack_id] = addrs[: zeros[0] if len(zeros) else len(addrs)].tolist()
                 stack_map.delete(key)
-        for key in stack_map.keys():  # stacks whose sample found no room in the counts map
+        # stacks whose sample found no room in the counts map; a Map is not iterable, keys() reads it
+        for key in stack_map.keys():  # noqa: SIM118
             stack_map.delete(key)
         return stacks
 
     def _new_errors(self) -> dict[str, int]:
+        assert self._obj is not None  # called by drain(), which checked
         errors = self._obj.maps["profile_errors"]
         now = np.array([int(errors.percpu_u64(struct.pack("<I", i)).sum()) for i in range(len(ERROR_KINDS))],
                        dtype=np.uint64)

@@ -122,7 +122,7 @@ class OtlpReceiver:
         self.grpc_port: int | None = None
         self.http_port: int | None = None
         self._handler = handler
-        self._kept = {name: deque(maxlen=keep) for name in SIGNALS}
+        self._kept: dict[str, deque[Message]] = {name: deque(maxlen=keep) for name in SIGNALS}
         self._items = dict.fromkeys(SIGNALS, 0)
         self._changed = threading.Condition()
         self._grpc_server: grpc.Server | None = None
@@ -227,6 +227,7 @@ class OtlpReceiver:
     # -- HTTP --------------------------------------------------------------------------
 
     def _start_http(self) -> None:
+        assert self._wanted_http_port is not None  # start() calls this only when HTTP is enabled
         receiver = self
 
         class RequestHandler(_HttpHandler):
@@ -258,7 +259,7 @@ class _LogsServicer(logs_service_pb2_grpc.LogsServiceServicer):
     def __init__(self, receiver: OtlpReceiver) -> None:
         self._receiver = receiver
 
-    def Export(self, request, context):  # noqa: N802 (gRPC method name)
+    def Export(self, request, context):
         return self._receiver._grpc_export("logs", request, context)
 
 
@@ -266,7 +267,7 @@ class _MetricsServicer(metrics_service_pb2_grpc.MetricsServiceServicer):
     def __init__(self, receiver: OtlpReceiver) -> None:
         self._receiver = receiver
 
-    def Export(self, request, context):  # noqa: N802
+    def Export(self, request, context):
         return self._receiver._grpc_export("metrics", request, context)
 
 
@@ -274,7 +275,7 @@ class _TraceServicer(trace_service_pb2_grpc.TraceServiceServicer):
     def __init__(self, receiver: OtlpReceiver) -> None:
         self._receiver = receiver
 
-    def Export(self, request, context):  # noqa: N802
+    def Export(self, request, context):
         return self._receiver._grpc_export("traces", request, context)
 
 
@@ -288,10 +289,10 @@ class _HttpHandler(BaseHTTPRequestHandler):
     owner: OtlpReceiver
     protocol_version = "HTTP/1.1"  # keep-alive: exporters reuse connections
 
-    def log_message(self, format: str, *args) -> None:  # noqa: A002 (base class signature)
+    def log_message(self, format: str, *args) -> None:
         pass  # one line per request on stderr would drown the agent's own output
 
-    def do_POST(self) -> None:  # noqa: N802
+    def do_POST(self) -> None:
         content_type = JSON  # errors are encoded like the request when it can be told
         try:
             signal = _BY_PATH.get(self.path.split("?", 1)[0])
@@ -317,7 +318,7 @@ class _HttpHandler(BaseHTTPRequestHandler):
         except _HttpError as error:
             self._reply_error(error, content_type)
 
-    def do_GET(self) -> None:  # noqa: N802
+    def do_GET(self) -> None:
         self._reply_error(_HttpError(405, "OTLP/HTTP takes POST requests only"), JSON)
 
     def _body(self) -> bytes:
@@ -341,6 +342,7 @@ class _HttpHandler(BaseHTTPRequestHandler):
         return body
 
     def _read_chunked(self) -> bytes:
+        chunks: list[bytes]
         chunks, total = [], 0
         while True:
             size = int(self.rfile.readline().split(b";", 1)[0].strip() or b"0", 16)

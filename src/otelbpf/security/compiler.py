@@ -147,8 +147,8 @@ def _rule_filters(rule: Rule, where: str, bit: int, own: dict[str, dict[TrieKey,
                 bits = 96 + net.prefixlen
             else:
                 addr, bits = net.network_address.packed, net.prefixlen
-            key = (hook_byte + addr, 8 + bits)
-            own["addrs"][key] = own["addrs"].get(key, 0) | bit
+            addr_key = (hook_byte + addr, 8 + bits)
+            own["addrs"][addr_key] = own["addrs"].get(addr_key, 0) | bit
     for selector, (flag_in, flag_notin, side) in (("binaries", (R_BIN_IN, R_BIN_NOTIN, 0)),
                                                   ("parent_binaries", (R_PARENT_IN, R_PARENT_NOTIN, 1))):
         match = getattr(rule, selector)

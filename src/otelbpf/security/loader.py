@@ -14,10 +14,10 @@ import numpy as np
 
 from otelbpf.kernel import BpfError, BpfObject
 from otelbpf.kernel.objects import BPF_NOEXIST, possible_cpus
-
-BPF_EXIST = 2
 from otelbpf.security.compiler import BINARY_MASKS, GENERATION_SLOTS, HOOK_CONF, LPM_DATA, Compiled, TrieKey
 from otelbpf.security.hooks import HOOKS
+
+BPF_EXIST = 2
 
 PROC_STATE = np.dtype([("masks", BINARY_MASKS), ("binary", "S256")])
 RULE_STATS = np.dtype([("matches", "<u8"), ("actions", "<u8"), ("limited", "<u8"), ("lost", "<u8")])
@@ -110,6 +110,7 @@ class PolicyMaps:
         raw = self._maps["stats"].lookup(_u32(slot))
         values = np.frombuffer(raw, dtype=RULE_STATS, count=possible_cpus()) if raw else np.zeros(1, RULE_STATS)
         total = np.zeros(1, RULE_STATS)[0]
+        assert RULE_STATS.names is not None  # a structured dtype
         for field in RULE_STATS.names:
             total[field] = values[field].sum()
         return total
@@ -120,7 +121,7 @@ class PolicyMaps:
 
     def _rewrite_procs(self, new: Compiled, keep_bits: int) -> None:
         procs = self._maps["procs"]
-        for key in procs.keys():
+        for key in procs.keys():  # noqa: SIM118 (a Map is not iterable: keys() reads the kernel map)
             raw = procs.lookup(key)
             if raw is None:
                 continue  # exited meanwhile

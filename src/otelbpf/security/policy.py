@@ -28,6 +28,7 @@ from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import ErrorDetails
 
 from otelbpf.security.hooks import HOOKS, MAX_VALUES
 
@@ -196,7 +197,7 @@ def _line_index(node: Any, loc: tuple = ()) -> dict[tuple, int]:
     return out
 
 
-def _describe(source: str, err: dict, lines: dict[tuple, int]) -> str:
+def _describe(source: str, err: ErrorDetails, lines: dict[tuple, int]) -> str:
     loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith(("function-", "literal["))))
     line = next((lines[loc[:end]] for end in range(len(loc), -1, -1) if loc[:end] in lines), None)
     field = ".".join(str(p) for p in loc) or "(top level)"

@@ -27,7 +27,7 @@ class PolicySource:
 
     def fingerprint(self) -> tuple:
         """Changes when a file is added, removed or modified: the agent reloads then."""
-        out = []
+        out: list[tuple[str, int | None, int | None]] = []
         for path in self.paths():
             try:
                 st = path.stat()
@@ -41,12 +41,13 @@ class PolicySource:
         with a note; any other policy that cannot load raises PolicyError."""
         policies, notes = [], []
         shipped = {SHIPPED_DIR / f"{name}.yaml" for name in SHIPPED_DEFAULTS} if self.shipped else set()
+        hooks = unavailable_hooks or {}
         for path in self.paths():
             policy = load_policy(path)
-            missing = {r.hook for r in policy.rules} & set(unavailable_hooks or {})
+            missing = {r.hook for r in policy.rules} & set(hooks)
             if path in shipped and missing:
                 hook = missing.pop()
-                notes.append(f"shipped policy {policy.name} not loaded: {hook}: {unavailable_hooks[hook]}")
+                notes.append(f"shipped policy {policy.name} not loaded: {hook}: {hooks[hook]}")
                 continue
             policies.append(policy)
         return policies, notes

@@ -241,6 +241,7 @@ class HttpSensor:
     def poll(self, timeout: float) -> int:
         if self._obj is None:
             return 0
+        assert self._reader is not None  # start() sets it before _obj
         if self._reader.wait(timeout):
             gap = self._last_drain + MIN_DRAIN_GAP - time.monotonic()
             if gap > 0 and self._reader.pending_bytes() < self._reader.size // 8:
@@ -258,6 +259,7 @@ class HttpSensor:
             return
         self._obj.detach_all()
         self._drain()
+        assert self._reader is not None  # start() sets it before _obj
         self._reader.close()
         self._obj.close()
         self._obj = None
@@ -266,6 +268,7 @@ class HttpSensor:
     def _drain(self) -> int:
         """Everything the ring holds, in slices of DRAIN_SLICE bytes: what is decoded at once
         (and the spans made of it) stays small however far behind the reader is."""
+        assert self._reader is not None  # called while started
         total = 0
         for _ in range(self._reader.size // DRAIN_SLICE + 1):  # at most a ring's worth: poll() returns
             n = self._drain_slice()
@@ -276,6 +279,7 @@ class HttpSensor:
         return total
 
     def _drain_slice(self) -> int:
+        assert self._reader is not None  # called while started
         batch = self._reader.read(DRAIN_SLICE)
         n = len(batch)
         if n:
@@ -326,7 +330,7 @@ class HttpSensor:
                         endpoints.move_to_end((pid, sock))
                 at = offsets[i] + head_size
                 payload = data[at:at + captured].tobytes()
-                if direction == server_exchange or direction == client_exchange:
+                if direction in (server_exchange, client_exchange):
                     # paired in the kernel: the request (read by a server, written by a client)
                     exchange(Message(start, sock, pid, tid, int(direction == server_exchange), source == ssl,
                                      family, lo, lport, pe, pport, payload), ktime, status)
@@ -394,6 +398,7 @@ class HttpSensor:
     # -- selection and resources ----------------------------------------------------------
     def _refresh_selection(self) -> None:
         pids = self._selection.pids()
+        assert self._obj is not None  # called while started
         selected_map = self._obj.maps["selected_pids"]
         for pid in self._selected - pids:
             selected_map.delete(pid.to_bytes(4, "little"))
@@ -406,6 +411,7 @@ class HttpSensor:
         """The agent's listening sockets into the kernel's self_endpoints: their clients' traffic
         is the agent's own (the kernel notes the agent's connections itself)."""
         now = own_listeners(self._agent_pid) if self._agent_pid else set()
+        assert self._obj is not None  # called while started
         endpoints, ports = self._obj.maps["self_endpoints"], self._obj.maps["self_ports"]
         for listener in self._listeners - now:
             if endpoints.delete(_listener_key(listener)):

@@ -307,6 +307,7 @@ class HttpTracker:
             del self._active_server[(m.pid, m.tid)]
         # What a span's attributes depend on, less what changes per connection: a server span's
         # peer port (set below) and a client span's local endpoint (not used).
+        key: tuple  # a server's and a client's differ in shape
         if server:
             key = (True, m.pid, m.tls, m.family, m.local_address, m.local_port, m.peer_address, request, status,
                    failure)

@@ -23,14 +23,14 @@ from pathlib import Path
 import numpy as np
 
 from otelbpf.enrich.containers import find_cgroup2_root
-from otelbpf.kernel import BpfObject, Program
+from otelbpf.kernel import BpfObject, Link, Program
 from otelbpf.kernel.errors import BpfError
 from otelbpf.kernel.objects import BPF_NOEXIST
 from otelbpf.kernel.ringbuf import RecordBatch, RingBufferReader
 from otelbpf.protocols import dns
 from otelbpf.sensors import network_events as ne
 from otelbpf.sensors.clock import monotonic_to_unix_offset
-from otelbpf.signals.model import LogBatch, LogRecord, Resource, Severity
+from otelbpf.signals.model import Attributes, LogBatch, LogRecord, Resource, Severity
 from otelbpf.signals.registry import Registry
 
 BPF_OBJECT = Path(__file__).resolve().parent.parent / "bpf" / "network.bpf.o"
@@ -65,7 +65,7 @@ class Connection:
     srtt_us: int = 0
     failure: str | None = None
     adopted: bool = False     # open before the agent started: counts start from adoption
-    reported: tuple[int, int, int, int] = (0, 0, 0, 0)  # counters already turned into metrics
+    reported: tuple[int, ...] = (0, 0, 0, 0)  # counters already turned into metrics (as in _report_io)
 
     @property
     def server_port(self) -> int:
@@ -125,7 +125,7 @@ class NetworkSensor:
         self._obj: BpfObject | None = None
         self._conn_reader: RingBufferReader | None = None
         self._dns_reader: RingBufferReader | None = None
-        self._iter_link = None
+        self._iter_link: Link | None = None
         self._next_sample = 0.0
         self._lock = threading.Lock()  # views read what the drain thread writes
         self._open: dict[int, Connection] = {}
@@ -196,6 +196,7 @@ class NetworkSensor:
         if self._obj is None:
             return 0
         # Woken by connection events; DNS has its own ring, taken on every turn either way.
+        assert self._conn_reader is not None  # start() sets it before _obj
         self._conn_reader.wait(min(timeout, max(self._next_sample - time.monotonic(), 0.0)))
         n = self._drain_rings()
         if time.monotonic() >= self._next_sample:
@@ -211,6 +212,7 @@ class NetworkSensor:
         self._drain_rings()
         self._drain_flows()
         self._account_kernel_drops()
+        assert self._conn_reader is not None and self._dns_reader is not None  # set before _obj
         self._conn_reader.close()
         self._dns_reader.close()
         self._obj.close()
@@ -219,6 +221,7 @@ class NetworkSensor:
     # -- draining -------------------------------------------------------------------------
     def _drain_rings(self) -> int:
         records: list[LogRecord] = []
+        assert self._conn_reader is not None and self._dns_reader is not None  # called while started
         conns = self._conn_reader.read()
         dns_batch = self._dns_reader.read()
         with self._lock:
@@ -237,6 +240,7 @@ class NetworkSensor:
         """Counters of open connections (iterator) and the kernel's flow aggregates (batch drain)."""
         if self._obj is None:
             return
+        assert self._iter_link is not None  # start() sets it before _obj
         raw = self._iter_link.read_iter()
         samples = np.frombuffer(raw, dtype=ne.CONN_SAMPLE) if raw else np.zeros(0, ne.CONN_SAMPLE)
         with self._lock:
@@ -261,6 +265,7 @@ class NetworkSensor:
         self._expire_dns(time.monotonic_ns())
 
     def _drain_flows(self) -> None:
+        assert self._obj is not None  # called while started
         keys, values = self._obj.maps["flows"].lookup_and_delete_batch(ne.FLOW_KEY, ne.FLOW_VALUE)
         with self._lock:
             for key, value in zip(keys, values):
@@ -269,9 +274,10 @@ class NetworkSensor:
                 transport = "udp" if int(flow["proto"]) == ne.IPPROTO_UDP else "tcp"
                 family = int(flow["family"])
                 peer = ne.address(family, bytes(flow["peer_addr"]))
-                attrs = {"process.executable.name": self._process_name(pid, b""),
-                         "network.transport": transport, "network.type": ne.network_type(family),
-                         "network.peer.address": peer, "network.peer.port": int(flow["peer_port"])}
+                process = self._process_name(pid, b"")
+                attrs: Attributes = {"process.executable.name": process,
+                                     "network.transport": transport, "network.type": ne.network_type(family),
+                                     "network.peer.address": peer, "network.peer.port": int(flow["peer_port"])}
                 if value["retransmits"]:
                     self._retransmits.add(int(value["retransmits"]), attrs)
                 if transport == "udp":
@@ -280,12 +286,13 @@ class NetworkSensor:
                         if npackets:
                             self._io.add(int(nbytes), {**attrs, "network.io.direction": direction})
                             self._packets.add(int(npackets), {**attrs, "network.io.direction": direction})
-                    edge = self._edge(attrs["process.executable.name"], peer, int(flow["peer_port"]), "udp")
+                    edge = self._edge(process, peer, int(flow["peer_port"]), "udp")
                     edge.bytes_sent += int(value["tx_bytes"])
                     edge.bytes_received += int(value["rx_bytes"])
                     edge.last_seen_unix_nano = time.time_ns()
 
     def _account_kernel_drops(self) -> None:
+        assert self._obj is not None  # called while started
         raw = self._obj.maps["network_drops"]
         for index, kind in enumerate(DROP_KINDS):
             per_cpu = raw.percpu_u64(index.to_bytes(4, "little"))
@@ -297,6 +304,7 @@ class NetworkSensor:
     def _discover(self, sample: np.void) -> Connection | None:
         """A connection the kernel tracks that we meet for the first time: its owner is in the
         kernel's connection table."""
+        assert self._obj is not None  # called while started
         raw = self._obj.maps["conns"].lookup(int(sample["sock"]).to_bytes(8, "little"))
         if raw is None:
             return None  # closed meanwhile: its close event brings it
@@ -330,6 +338,7 @@ class NetworkSensor:
         """Listening sockets and connections we did not see open: find their process through
         the socket inode, and enter them in the kernel's tables so their close is reported."""
         owners = socket_owners({int(i) for i in samples["inode"] if i})
+        assert self._obj is not None  # called while started
         conns_map, listeners_map = self._obj.maps["conns"], self._obj.maps["listeners"]
         now = time.monotonic_ns()
         for s in samples[samples["state"] == ne.TCP_LISTEN]:  # listeners first: they give roles
@@ -443,8 +452,8 @@ class NetworkSensor:
                           - ((flags & ne.TCP_FIN_ACKED) != 0), 0)
         received = np.maximum(counters["bytes_received"].astype(np.int64) - ((flags & ne.TCP_FIN_RECEIVED) != 0), 0)
         pids = closes["pid"].copy()
-        for i in np.flatnonzero(pids == 0):  # accepted by a listener older than us
-            pids[i] = self.listeners.get((int(flow["family"][i]), int(flow["local_port"][i])), (0, ""))[0]
+        for j in np.flatnonzero(pids == 0):  # accepted by a listener older than us
+            pids[j] = self.listeners.get((int(flow["family"][j]), int(flow["local_port"][j])), (0, ""))[0]
         keys = np.zeros(n, dtype=[("pid", "<u4"), ("role", "u1"), ("family", "<u2"), ("peer", "V16"), ("port", "<u2")])
         keys["pid"], keys["role"], keys["family"] = pids, closes["role"], flow["family"]
         keys["peer"] = flow["peer_addr"]
@@ -555,7 +564,7 @@ class NetworkSensor:
         return attrs
 
     def _conn_record(self, conn: Connection, event: str, severity: Severity) -> LogRecord:
-        attrs = {
+        attrs: Attributes = {
             "process.pid": conn.pid, "process.executable.name": conn.process, "network.transport": "tcp",
             "network.type": conn.network_type, "network.local.address": conn.local_address,
             "network.local.port": conn.local_port, "network.peer.address": conn.peer_address,

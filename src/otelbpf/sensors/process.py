@@ -18,10 +18,10 @@ from otelbpf.enrich.containers import CgroupResolver, container_id_from_cgroup
 from otelbpf.kernel import BpfObject, Program
 from otelbpf.kernel.objects import possible_cpus
 from otelbpf.kernel.ringbuf import RecordBatch, RingBufferReader
-from otelbpf.sensors.backlog import Backlog
-from otelbpf.sensors.clock import monotonic_to_unix_offset
 from otelbpf.pipeline.redact import redact_args
 from otelbpf.sensors import process_events as ev
+from otelbpf.sensors.backlog import Backlog
+from otelbpf.sensors.clock import monotonic_to_unix_offset
 from otelbpf.sensors.proctable import ProcessInfo, ProcessTable
 from otelbpf.signals.model import LogBatch, LogRecord, Resource, Severity
 from otelbpf.signals.registry import Registry
@@ -90,6 +90,7 @@ class ProcessSensor:
         if self._reader.wait(timeout):
             batch = self._reader.read()
             n = len(batch)
+            assert self._backlog is not None  # start() sets it with the reader
             self._backlog.put(batch)
         self._account_kernel_drops()
         return n
@@ -102,6 +103,7 @@ class ProcessSensor:
         if self._obj is None:
             return
         self._obj.detach_all()  # no new events; then take what is still queued
+        assert self._backlog is not None  # start() sets it before _obj
         if self._reader is not None:
             self._backlog.put(self._reader.read())
             self._account_kernel_drops()

@@ -92,7 +92,7 @@ class SecuritySensor:
             obj.check_layout("security_event", ev.SECURITY_EVENT)
             obj.set_rodata(host_pidns=self._host_pidns)
             obj.maps["security_events"].set_max_entries(self._ringbuf_bytes)
-            for name, hook in HOOKS.items():
+            for hook in HOOKS.values():
                 for prog in hook.programs:
                     tracepoint = prog.removeprefix("sec_")
                     obj.programs[prog].autoload = has_tracepoint("syscalls", f"sys_enter_{tracepoint}")
@@ -104,9 +104,9 @@ class SecuritySensor:
             for prog in PROCESS_PROGRAMS:
                 obj.programs[prog].attach()
             self._maps.seed_processes()  # after the exec hook is on: no process falls between
-            for prog in obj.programs.values():
-                if prog.autoload and prog.name not in PROCESS_PROGRAMS:
-                    prog.attach()
+            for program in obj.programs.values():
+                if program.autoload and program.name not in PROCESS_PROGRAMS:
+                    program.attach()
         except BaseException:
             obj.close()
             raise
@@ -159,6 +159,7 @@ class SecuritySensor:
 
     # -- decoding -------------------------------------------------------------------------
     def _decode(self) -> int:
+        assert self._reader is not None  # poll() and stop() check
         batch = self._reader.read()
         records = batch.fixed(ev.SECURITY_EVENT)
         if not len(records):

@@ -26,7 +26,7 @@ def _address(hex_addr: str) -> bytes:
 
 
 def _socket_inodes(pid: int, proc: str) -> set[int]:
-    inodes = set()
+    inodes: set[int] = set()
     try:
         entries = os.scandir(f"{proc}/{pid}/fd")
     except OSError:

@@ -7,6 +7,8 @@ sink work from them, so no sink knows which sensor produced a batch.
 from __future__ import annotations
 
 import enum
+from typing import Any
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 AttrValue = str | int | float | bool | bytes | list
@@ -20,7 +22,7 @@ class Resource:
     attributes: tuple[tuple[str, AttrValue], ...] = ()
 
     @classmethod
-    def of(cls, attrs: Attributes) -> Resource:
+    def of(cls, attrs: Mapping[str, AttrValue]) -> Resource:
         return cls(tuple(sorted(attrs.items())))
 
     def as_dict(self) -> Attributes:
@@ -124,3 +126,13 @@ class SpanBatch:
     resource: Resource
     scope: str
     spans: list[SpanRecord]
+
+
+@dataclass(slots=True)
+class ProfileBatch:
+    """One aggregated CPU profile (otelbpf.profiling.model.Profile: sample counts by process,
+    thread and stack) of a resource; sinks that know profiles take it, the others skip it."""
+
+    resource: Resource
+    scope: str
+    profile: Any

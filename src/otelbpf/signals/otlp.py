@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable, Iterable
-from types import MappingProxyType
 from itertools import chain, repeat
+from types import MappingProxyType
 from typing import TypeVar
 
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
@@ -29,8 +29,8 @@ from opentelemetry.proto.resource.v1 import resource_pb2
 
 from otelbpf import __version__
 from otelbpf.signals.model import (
-    AttrValue,
     Attributes,
+    AttrValue,
     LogBatch,
     LogRecord,
     MetricBatch,
@@ -43,15 +43,15 @@ from otelbpf.signals.model import (
 
 __all__ = [
     "encode_logs_request",
-    "logs_request",
-    "metrics_request",
     "encode_metrics_request",
-    "set_any_value",
-    "log_item_count",
-    "metric_item_count",
-    "traces_request",
     "encode_traces_request",
+    "log_item_count",
+    "logs_request",
+    "metric_item_count",
+    "metrics_request",
+    "set_any_value",
     "span_item_count",
+    "traces_request",
 ]
 
 SCOPE_VERSION = __version__
@@ -72,7 +72,7 @@ _DOUBLE = struct.Struct("<d")
 
 # Bounded caches of encoded bytes; cleared when full (values like pids churn forever).
 _CACHE_LIMIT = 1 << 16
-_T = TypeVar("_T")
+_T = TypeVar("_T", bound=LogBatch | MetricBatch | SpanBatch)
 
 
 def _varint(value: int) -> bytes:
@@ -133,8 +133,9 @@ class _AttributeEncoder:
 
     def __init__(self, tag: bytes) -> None:
         self._tag = tag
-        self._str: dict[tuple[str, str], bytes] = {}
-        self._int: dict[tuple[str, int], bytes] = {}
+        # (key, value) items whose value is an exact str, or an exact int (see fields())
+        self._str: dict[tuple[str, AttrValue], bytes] = {}
+        self._int: dict[tuple[str, AttrValue], bytes] = {}
         self._keys: dict[str, bytes] = {}
         self._elements: dict[str, bytes] = {}
         self._columns: dict[tuple[str, type], dict[AttrValue, bytes]] = {}
@@ -143,10 +144,9 @@ class _AttributeEncoder:
 
     def field(self, key: str, value: AttrValue) -> bytes:
         prefix = self._keys.get(key) or self._key_prefix(key)
-        value_type = type(value)
-        if value_type is int:
+        if type(value) is int:
             any_value = b"\x18" + (_SMALL[value] if 0 <= value < 0x80 else _varint(value))
-        elif value_type is list:
+        elif type(value) is list:
             any_value = self._array(value)
         else:
             any_value = _encode_any_value(value)
@@ -225,20 +225,25 @@ class _AttributeEncoder:
         if cache is None or len(cache) >= _CACHE_LIMIT:
             cache = self._columns[(key, value_type)] = {}
         get = cache.get
+        store: Callable[[int], bytes] | Callable[[str], bytes]
         if value_type is int:
             heads = self._int_heads(key)
             varint = _varint
 
-            def store(value: int) -> bytes:
+            def store_int(value: int) -> bytes:
                 encoded = varint(value)
                 encoded = cache[value] = heads[len(encoded)] + encoded
                 return encoded
+
+            store = store_int
         else:
             field = self.field
 
-            def store(value: str) -> bytes:
+            def store_str(value: str) -> bytes:
                 encoded = cache[value] = field(key, value)
                 return encoded
+
+            store = store_str
 
         return [get(value) or store(value) for value in values]
 

@@ -9,12 +9,14 @@ from __future__ import annotations
 import threading
 import time
 from bisect import bisect_left
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar, cast
 
 import numpy as np
 
 from otelbpf.signals.model import (
     Attributes,
+    AttrValue,
     Metric,
     MetricBatch,
     MetricKind,
@@ -22,11 +24,13 @@ from otelbpf.signals.model import (
     Resource,
 )
 
-AttrKey = tuple[tuple[str, object], ...]
+AttrKey = tuple[tuple[str, AttrValue], ...]
 GaugeCallback = Callable[[], list[tuple[Attributes, int | float]]]
+# What instruments take: any attribute mapping (a dict[str, str] is one), read and never kept.
+AttrsArg = Mapping[str, AttrValue]
 
 
-def _key(attrs: Attributes | None, kwargs: dict) -> AttrKey:
+def _key(attrs: AttrsArg | None, kwargs: Mapping[str, AttrValue]) -> AttrKey:
     if kwargs:
         attrs = {**attrs, **kwargs} if attrs else kwargs
     return tuple(sorted(attrs.items())) if attrs else ()
@@ -48,14 +52,14 @@ class Counter(_Instrument):
         super().__init__(name, description, unit)
         self._values: dict[AttrKey, int | float] = {}
 
-    def add(self, value: int | float, attrs: Attributes | None = None, **attributes) -> None:
+    def add(self, value: int | float, attrs: AttrsArg | None = None, **attributes: AttrValue) -> None:
         if self.monotonic and value < 0:
             raise ValueError(f"counter {self.name} only goes up; got {value}")
         key = _key(attrs, attributes)
         with self._lock:
             self._values[key] = self._values.get(key, 0) + value
 
-    def value(self, attrs: Attributes | None = None, **attributes) -> int | float:
+    def value(self, attrs: AttrsArg | None = None, **attributes: AttrValue) -> int | float:
         """Current value for one attribute set (0 when never added); handy in tests."""
         with self._lock:
             return self._values.get(_key(attrs, attributes), 0)
@@ -98,7 +102,7 @@ class Histogram(_Instrument):
         # key -> [bucket counts..., count, sum]
         self._values: dict[AttrKey, list] = {}
 
-    def record(self, value: float, attrs: Attributes | None = None, **attributes) -> None:
+    def record(self, value: float, attrs: AttrsArg | None = None, **attributes: AttrValue) -> None:
         key = _key(attrs, attributes)
         bucket = bisect_left(self.bounds, value)
         with self._lock:
@@ -109,7 +113,7 @@ class Histogram(_Instrument):
             state[-2] += 1
             state[-1] += value
 
-    def record_many(self, values: np.ndarray, attrs: Attributes | None = None) -> None:
+    def record_many(self, values: np.ndarray, attrs: AttrsArg | None = None) -> None:
         """Record a batch of values with the same attributes (one bucketing pass in numpy)."""
         if len(values) == 0:
             return
@@ -141,6 +145,7 @@ class Histogram(_Instrument):
 
 
 Instrument = Counter | UpDownCounter | Gauge | Histogram
+_I = TypeVar("_I", bound=Instrument)
 
 
 class Registry:
@@ -151,7 +156,7 @@ class Registry:
         self._instruments: dict[str, Instrument] = {}
         self._lock = threading.Lock()
 
-    def _get_or_create(self, cls: type, name: str, *args) -> Instrument:
+    def _get_or_create(self, cls: type[_I], name: str, *args: Any) -> _I:
         with self._lock:
             existing = self._instruments.get(name)
             if existing is None:
@@ -161,7 +166,7 @@ class Registry:
                     f"metric {name} is already registered as a {type(existing).__name__}; "
                     f"pick another name for the {cls.__name__}"
                 )
-            return existing
+            return cast(_I, existing)  # its type is cls, checked above
 
     def counter(self, name: str, description: str = "", unit: str = "1") -> Counter:
         return self._get_or_create(Counter, name, description, unit)

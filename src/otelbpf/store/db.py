@@ -8,6 +8,7 @@ for writing; readers in other processes then cannot open it (see store.client).
 from __future__ import annotations
 
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import numpy as np
 
 from otelbpf.store.schema import TABLES, VIEWS, Table
 
-Columns = dict[str, list | np.ndarray]
+Columns = Mapping[str, list | np.ndarray]  # column name -> values, one list or array per column
 
 
 class StoreError(Exception):
@@ -108,7 +109,7 @@ class Store:
         frame = {name: np.asarray(columns[name], dtype=table.numpy_dtype(name)) for name in table.column_names}
         rows = len(frame[table.column_names[0]])
         if rows:
-            con.execute(f"INSERT INTO {table.name} BY NAME SELECT * FROM frame")  # noqa: S608 - names are ours
+            con.execute(f"INSERT INTO {table.name} BY NAME SELECT * FROM frame")
         return rows
 
     def execute(self, sql: str, params: list | None = None) -> None:

@@ -19,7 +19,9 @@ from __future__ import annotations
 import ipaddress
 import json
 import threading
+from collections.abc import Mapping, Sequence
 
+from otelbpf.store.db import Columns as StoredColumns
 from otelbpf.store.otlp_rows import empty
 from otelbpf.store.schema import FLOWS, SERVICE_EDGES
 
@@ -55,13 +57,17 @@ class NetworkDerivation:
         self._listeners: dict[tuple[str, int], tuple[str, set[str]]] = {}  # (resource, port) -> (process, clients)
         self._lock = threading.Lock()
 
-    def derive(self, points: Columns) -> tuple[Columns, Columns]:
-        """(flows, service_edges) columns for the network points among `points`."""
+    def derive(self, points: StoredColumns, attributes: Sequence[Mapping] | None = None) -> tuple[Columns, Columns]:
+        """(flows, service_edges) columns for the network points among `points`; attributes:
+        each point's attributes where the caller has them, else they are parsed from the JSON."""
         wanted = [i for i, name in enumerate(points["name"]) if name in NETWORK_METRICS and points["kind"][i] == "sum"]
         flows, edges = empty(FLOWS), empty(SERVICE_EDGES)
         if not wanted:
             return flows, edges
-        parsed = [(i, json.loads(points["attributes"][i] or "{}")) for i in wanted]
+        if attributes is None:
+            parsed = [(i, json.loads(points["attributes"][i] or "{}")) for i in wanted]
+        else:
+            parsed = [(i, attributes[i]) for i in wanted]
         flow_rows: dict[tuple, list] = {}
         edge_rows: dict[tuple, list] = {}
         with self._lock:
@@ -82,7 +88,7 @@ class NetworkDerivation:
         return flows, edges
 
     # -- state ----------------------------------------------------------------------------
-    def _learn_listener(self, resource: str, attrs: dict) -> None:
+    def _learn_listener(self, resource: str, attrs: Mapping) -> None:
         key = (resource, int(attrs["server.port"]))
         process = str(attrs.get("process.executable.name") or "unknown")
         known = self._listeners.get(key)
@@ -94,7 +100,7 @@ class NetworkDerivation:
         if client and len(known[1]) < 1024:
             known[1].add(str(client))
 
-    def _delta(self, points: Columns, i: int) -> tuple[float, int]:
+    def _delta(self, points: StoredColumns, i: int) -> tuple[float, int]:
         """Growth of the series since its previous point (all of it for a new or restarted
         series) and the nanoseconds it covers."""
         key = (points["resource"][i], points["name"][i], points["attributes"][i])
@@ -116,7 +122,7 @@ class NetworkDerivation:
         return (f"{name}:{port}" if port is not None else name), local
 
     # -- rows -----------------------------------------------------------------------------
-    def _add(self, points: Columns, i: int, attrs: dict, delta: float, interval: int,
+    def _add(self, points: StoredColumns, i: int, attrs: Mapping, delta: float, interval: int,
              flow_rows: dict, edge_rows: dict) -> None:
         name, resource, now = points["name"][i], points["resource"][i], points["time_unix_nano"][i]
         service = points["service"][i]
@@ -132,7 +138,7 @@ class NetworkDerivation:
 
         if name == IO:
             extra = {k: attrs[k] for k in ("otelbpf.network.role", "server.address", "server.port") if k in attrs}
-            key = (now, service, process, transport, peer, port, role, _json(extra))
+            key: tuple = (now, service, process, transport, peer, port, role, _json(extra))
             row = flow_rows.get(key)
             if row is None:
                 peer_port = port if role != "server" else None  # a server's peer port is the client's

@@ -46,6 +46,21 @@ def empty(table: Table) -> Columns:
     return {name: [] for name in table.column_names}
 
 
+def span_kind(kind: int) -> str:
+    return SPAN_KINDS[kind] if 0 <= kind < len(SPAN_KINDS) else "unspecified"
+
+
+def status_code(code: int) -> str:
+    return STATUS_CODES[code] if 0 <= code < len(STATUS_CODES) else "unset"
+
+
+def http_columns(attrs: dict) -> tuple:
+    """The span attributes promoted to columns: (http_method, http_route, http_status)."""
+    status = attrs.get("http.response.status_code", attrs.get("http.status_code"))
+    return (attrs.get("http.request.method", attrs.get("http.method")), attrs.get("http.route"),
+            int(status) if isinstance(status, int | str) and str(status).isdigit() else None)
+
+
 def span_rows(request: Message) -> Columns:
     out = empty(SPANS)
     for rs in request.resource_spans:
@@ -56,16 +71,10 @@ def span_rows(request: Message) -> Columns:
             for span in ss.spans:
                 attrs = attributes(span.attributes)
                 start, end = span.start_time_unix_nano, span.end_time_unix_nano
-                status = attrs.get("http.response.status_code", attrs.get("http.status_code"))
                 row = (
                     start, end, max(end - start, 0), span.trace_id.hex(), span.span_id.hex(),
-                    span.parent_span_id.hex(), service, span.name,
-                    SPAN_KINDS[span.kind] if span.kind < len(SPAN_KINDS) else "unspecified",
-                    STATUS_CODES[span.status.code] if span.status.code < len(STATUS_CODES) else "unset",
-                    span.status.message or None,
-                    attrs.get("http.request.method", attrs.get("http.method")),
-                    attrs.get("http.route"),
-                    int(status) if isinstance(status, int | str) and str(status).isdigit() else None,
+                    span.parent_span_id.hex(), service, span.name, span_kind(span.kind),
+                    status_code(span.status.code), span.status.message or None, *http_columns(attrs),
                     scope, _json(attrs), res_json,
                 )
                 for column, value in zip(out.values(), row):

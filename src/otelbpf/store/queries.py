@@ -67,7 +67,7 @@ def security_events(db: Queryable, window_s: float | None = None, limit: int = 2
                         {a('otelbpf.security.argument')}, {a('otelbpf.security.ptrace.target_pid')}) AS argument,
                {a('otelbpf.process.exec_id')} AS exec_id
         FROM logs WHERE event_name = ? AND time_unix_nano >= ?
-        ORDER BY time_unix_nano DESC LIMIT ?""", [SECURITY_EVENT, since_ns(window_s), limit])  # noqa: S608
+        ORDER BY time_unix_nano DESC LIMIT ?""", [SECURITY_EVENT, since_ns(window_s), limit])
 
 
 def process_lifecycles(db: Queryable, window_s: float | None = None, limit: int = 500) -> Result:
@@ -91,6 +91,7 @@ def traces(db: Queryable, window_s: float | None = None, limit: int = 50, order:
     """Traces, slowest (or latest) first; with service and/or route only the traces holding a
     server span of that service and route (what a row of the RED table links to)."""
     order_by = "duration_ms DESC" if order == "slowest" else "start_ns DESC"
+    params: list[int | str]
     where, params = "time_unix_nano >= ?", [since_ns(window_s)]
     if service or route:
         where += (" AND trace_id IN (SELECT trace_id FROM spans WHERE kind = 'server' AND time_unix_nano >= ?"
@@ -107,7 +108,7 @@ def traces(db: Queryable, window_s: float | None = None, limit: int = 50, order:
                count(*) AS spans,
                count(*) FILTER (WHERE status_code = 'error') AS errors
         FROM spans WHERE {where}
-        GROUP BY trace_id ORDER BY {order_by} LIMIT ?""", [*params, limit])  # noqa: S608
+        GROUP BY trace_id ORDER BY {order_by} LIMIT ?""", [*params, limit])
 
 
 def trace_spans(db: Queryable, trace_id: str) -> Result:

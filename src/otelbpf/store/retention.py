@@ -25,12 +25,12 @@ def used_bytes(store: Store) -> int:
 
 def delete_before(store: Store, cutoff_ns: int) -> None:
     for table in TABLES:
-        store.execute(f"DELETE FROM {table} WHERE time_unix_nano < ?", [cutoff_ns])  # noqa: S608
+        store.execute(f"DELETE FROM {table} WHERE time_unix_nano < ?", [cutoff_ns])
 
 
 def time_range(store: Store) -> tuple[int, int] | None:
     parts = " UNION ALL ".join(f"SELECT min(time_unix_nano) lo, max(time_unix_nano) hi FROM {t}" for t in TABLES)
-    lo, hi = store.query(f"SELECT min(lo), max(hi) FROM ({parts})").rows[0]  # noqa: S608
+    lo, hi = store.query(f"SELECT min(lo), max(hi) FROM ({parts})").rows[0]
     return None if lo is None else (int(lo), int(hi))
 
 

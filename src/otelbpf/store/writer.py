@@ -1,8 +1,10 @@
-"""Batched writes: requests are queued in memory and flushed as one transaction per interval.
+"""Batched writes: rows are queued in memory and flushed as one transaction per interval.
 
-The OTLP receiver calls `handle` for every decoded request. The queue is bounded: when it
-is full the request is refused with a retryable error (HTTP 503 / gRPC UNAVAILABLE with a
-retry delay), so the sender keeps the data and retries instead of it being lost here.
+Two ways in: the agent's own batches, in process (store.sink.StoreSink -> add), and OTLP
+requests from programs with an SDK, which the receiver decodes and hands to `handle`. The
+queue is bounded: when it is full the rows are refused (StoreFull, counted): the receiver
+answers with a retryable error (HTTP 503 / gRPC UNAVAILABLE with a retry delay), so the
+sender keeps the data and retries instead of it being lost here.
 """
 
 from __future__ import annotations
@@ -10,18 +12,26 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Mapping, Sequence
 
 from google.protobuf.message import Message
 
-from otelbpf.receiver.otlp import Refusal
 from otelbpf.signals.registry import Registry
 from otelbpf.store import retention
-from otelbpf.store.db import Columns, Store
+from otelbpf.store.db import Columns, Store, StoreError
 from otelbpf.store.network_rows import NetworkDerivation
 from otelbpf.store.otlp_rows import ROWS_BY_SIGNAL
 from otelbpf.store.schema import FLOWS, METRIC_POINTS, SERVICE_EDGES, Table
 
 log = logging.getLogger(__name__)
+
+
+class StoreFull(StoreError):
+    """The writer's queue has no room for these rows now; retry_after: seconds to wait."""
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class StoreWriter:
@@ -53,18 +63,23 @@ class StoreWriter:
         """OtlpReceiver handler: decode the request into rows and queue them."""
         table, to_rows = ROWS_BY_SIGNAL[signal]
         columns = to_rows(request)
-        if table is not METRIC_POINTS:
-            self.append(table, columns, signal=signal)
-            return
-        self._check_room(len(columns[table.column_names[0]]))  # before the derivation moves on
-        flows, edges = self._network.derive(columns)
-        self.append_all([(table, columns), (FLOWS, flows), (SERVICE_EDGES, edges)])
+        if table is METRIC_POINTS:
+            self.add_metric_points(columns)
+        else:
+            self.append(table, columns)
 
-    def append(self, table: Table, columns: Columns, signal: str = "") -> None:
+    def add_metric_points(self, columns: Columns, attributes: Sequence[Mapping] | None = None) -> None:
+        """Queues metric points with the flows and service-map edges derived from them;
+        attributes: each point's attributes, when the caller has them (else parsed from JSON)."""
+        self._check_room(len(columns[METRIC_POINTS.column_names[0]]))  # before the derivation moves on
+        flows, edges = self._network.derive(columns, attributes)
+        self.append_all([(METRIC_POINTS, columns), (FLOWS, flows), (SERVICE_EDGES, edges)])
+
+    def append(self, table: Table, columns: Columns) -> None:
         self.append_all([(table, columns)])
 
     def append_all(self, batches: list[tuple[Table, Columns]]) -> None:
-        """Queues every batch, or none (Refusal) when the queue would overflow."""
+        """Queues every batch, or none (StoreFull) when the queue would overflow."""
         counted = [(t, c, len(c[t.column_names[0]])) for t, c in batches]
         rows = sum(n for *_, n in counted)
         if not rows:
@@ -74,8 +89,8 @@ class StoreWriter:
                 for t, _, n in counted:
                     if n:
                         self._refused.add(n, table=t.name)
-                raise Refusal(f"local store queue full ({self._pending_rows} rows); retry later",
-                              retry_after=max(self.flush_interval, 1.0))
+                raise StoreFull(f"local store queue full ({self._pending_rows} rows); retry later",
+                                retry_after=max(self.flush_interval, 1.0))
             self._pending.extend((t, c) for t, c, n in counted if n)
             self._pending_rows += rows
 
@@ -83,8 +98,8 @@ class StoreWriter:
         with self._mutex:
             if self._pending_rows + rows > self.max_pending_rows:
                 self._refused.add(rows, table=METRIC_POINTS.name)
-                raise Refusal(f"local store queue full ({self._pending_rows} rows); retry later",
-                              retry_after=max(self.flush_interval, 1.0))
+                raise StoreFull(f"local store queue full ({self._pending_rows} rows); retry later",
+                                retry_after=max(self.flush_interval, 1.0))
 
     # -- flushing -------------------------------------------------------------------------
     def flush(self) -> int:
@@ -93,14 +108,14 @@ class StoreWriter:
             batches, self._pending, self._pending_rows = self._pending, [], 0
         if not batches:
             return 0
-        merged: dict[str, tuple[Table, Columns]] = {}
+        merged: dict[str, tuple[Table, dict[str, list]]] = {}
         for table, columns in batches:  # one INSERT per table per flush
             _, into = merged.setdefault(table.name, (table, {c: [] for c in table.column_names}))
             for name in table.column_names:
                 into[name].extend(columns[name])
         rows = sum(len(c[t.column_names[0]]) for t, c in merged.values())
         try:
-            written = self.store.write(list(merged.values()))
+            written = self.store.write([(table, columns) for table, columns in merged.values()])
         except Exception:
             log.exception("store write of %d rows failed; they are dropped", rows)
             self._failed.add(rows)

@@ -44,7 +44,7 @@ class ElfSymbols:
         if data[:4] != ELF_MAGIC or data[4] != ELFCLASS64 or data[5] != ELFDATA2LSB:
             raise ElfError("not a 64-bit little-endian ELF file")
         phoff, shoff = np.frombuffer(data, "<u8", 2, 0x20)
-        phnum, shentsize, shnum, shstrndx = np.frombuffer(data, "<u2", 4, 0x38)
+        phnum, shentsize, shnum, _shstrndx = np.frombuffer(data, "<u2", 4, 0x38)
         if shnum and shentsize != SECTION.itemsize:
             raise ElfError(f"unexpected section header size {shentsize}")
         sections = np.frombuffer(data, SECTION, int(shnum), int(shoff)) if shnum else np.zeros(0, SECTION)
@@ -79,12 +79,12 @@ class ElfSymbols:
         return tab[offset:end if end >= 0 else len(tab)].decode("utf-8", "replace")
 
 
-def _section_bytes(data: bytes, section: np.void) -> bytes:
+def _section_bytes(data: bytes | mmap.mmap, section: np.void) -> bytes:
     start = int(section["offset"])
     return data[start:start + int(section["size"])]
 
 
-def _function_symbols(data: bytes, sections: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, bytes]:
+def _function_symbols(data: bytes | mmap.mmap, sections: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, bytes]:
     # A stripped binary keeps only .dynsym; an unstripped one has everything in .symtab.
     for kind in (SHT_SYMTAB, SHT_DYNSYM):
         found = np.flatnonzero(sections["type"] == kind)
@@ -111,7 +111,7 @@ def _function_symbols(data: bytes, sections: np.ndarray) -> tuple[np.ndarray, np
     return empty, empty, np.zeros(0, np.int64), b""
 
 
-def _build_id(data: bytes, sections: np.ndarray) -> str:
+def _build_id(data: bytes | mmap.mmap, sections: np.ndarray) -> str:
     for section in sections[sections["type"] == SHT_NOTE]:
         note = _section_bytes(data, section)
         pos = 0

@@ -109,9 +109,9 @@ class Symbolizer:
         """Frames for a user stack, leaf first (return addresses: callers are looked up at
         address - 1, inside the call instruction)."""
         image = self._processes.get(pid)
-        if image is None or self._outside(image, addrs):
-            if self.remember(pid):  # new, or it mapped more code since: read it again
-                image = self._processes[pid]
+        # New, or it mapped more code since: read it again.
+        if (image is None or self._outside(image, addrs)) and self.remember(pid):
+            image = self._processes[pid]
         out = []
         for depth, addr in enumerate(addrs):
             out.append(self._count(self._user_frame(pid, image, addr, addr if depth == 0 else addr - 1)))
@@ -132,6 +132,7 @@ class Symbolizer:
         if m is None:
             name = image.perf_map.lookup(probe) if image and image.perf_map else None
             return Frame(name or f"0x{addr:x}", "[unknown]", addr, resolved=name is not None)
+        assert image is not None  # m is one of its mappings
         file_offset = probe - m.start + m.offset
         elf = self._files.get((m.dev, m.inode)) if m.file_backed else None
         if elf is None:

@@ -137,7 +137,7 @@ class _Handler(BaseHTTPRequestHandler):
     ui: UiServer
     protocol_version = "HTTP/1.1"
 
-    def log_message(self, format: str, *args) -> None:  # noqa: A002 - base class signature
+    def log_message(self, format: str, *args) -> None:
         pass
 
     # -- access ---------------------------------------------------------------------------
@@ -167,7 +167,7 @@ class _Handler(BaseHTTPRequestHandler):
         return True
 
     # -- routes ---------------------------------------------------------------------------
-    def do_GET(self) -> None:  # noqa: N802
+    def do_GET(self) -> None:
         if not self._gate():
             return
         url = urlsplit(self.path)
@@ -189,7 +189,7 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self._send_json(404, {"error": f"nothing at {url.path}"})
 
-    def do_POST(self) -> None:  # noqa: N802
+    def do_POST(self) -> None:
         if not self._gate():
             return
         if urlsplit(self.path).path != "/api/query":

@@ -14,7 +14,7 @@ from otelbpf.sensors.network import NetworkSensor
 from otelbpf.signals.registry import Registry
 
 
-def human_bytes(n: int) -> str:
+def human_bytes(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):
         if n < 1024 or unit == "GiB":
             return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 import time
 from collections import defaultdict
+from typing import cast
 
 from rich.console import Console, Group
 from rich.live import Live
@@ -39,7 +40,8 @@ def render(sensor: HttpSensor, top: int, window_s: float) -> Group:
     for col in ("service", "kind", "request", "status", "ms"):
         slow.add_column(col, justify="right" if col == "ms" else "left")
     for c in sorted(done, key=lambda c: -c.duration_s)[:top]:
-        request = c.span.attributes.get("url.path") or c.span.attributes.get("url.full", "")
+        # str by construction: the HTTP tracker sets url.path (server spans) or url.full (client)
+        request = cast(str, c.span.attributes.get("url.path") or c.span.attributes.get("url.full", ""))
         slow.add_row(sensor.service_name(c.pid), c.span.kind.name.lower(), f"{c.method} {request}",
                      str(c.status or c.error_type or ""), f"{c.duration_s * 1000:.2f}")
     return Group(red, slow)

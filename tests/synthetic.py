@@ -1,4 +1,5 @@
-"""A synthetic ring buffer producer (bpf/ringbuf_bench.bpf.c) for benchmarks and tests.
+"""A synthetic ring buffer producer (tests/bpf/ringbuf_bench.bpf.c) for benchmarks and tests;
+not part of the shipped package.
 
 produce(n) makes the kernel write n records in one BPF_PROG_RUN call, so the reader can be
 measured against a producer that is not itself the bottleneck.
@@ -13,7 +14,7 @@ import numpy as np
 
 from otelbpf.kernel import BpfObject
 
-BPF_OBJECT = Path(__file__).resolve().parent.parent / "bpf" / "ringbuf_bench.bpf.o"
+BPF_OBJECT = Path(__file__).resolve().parent / "bpf" / "ringbuf_bench.bpf.o"
 
 BENCH_EVENT = np.dtype([
     ("seq", "<u8"), ("ktime_ns", "<u8"), ("cpu", "<u4"), ("batch", "<u4"), ("a", "<u8"), ("b", "<u8"),
