@@ -7,9 +7,9 @@ sink work from them, so no sink knows which sensor produced a batch.
 from __future__ import annotations
 
 import enum
-from typing import Any
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 AttrValue = str | int | float | bool | bytes | list
 Attributes = dict[str, AttrValue]
