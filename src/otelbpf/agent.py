@@ -26,16 +26,16 @@ from otelbpf.export.base import Sink
 from otelbpf.export.console import ConsoleSink, JsonLinesSink
 from otelbpf.export.fanout import FanoutSink
 from otelbpf.export.otlp import OtlpExporter
-from otelbpf.export.otlp_settings import OtlpSettings
+from otelbpf.export.otlp_settings import SIGNALS, OtlpSettings
 from otelbpf.export.prometheus import PrometheusEndpoint
 from otelbpf.kernel import features
 from otelbpf.sensors.base import Sensor
 from otelbpf.sensors.process import ProcessSensor
-from otelbpf.signals.model import Resource
+from otelbpf.signals.model import ProfileBatch, Resource
+from otelbpf.signals.otlp_profiles import HTTP_PATH as PROFILES_PATH
 from otelbpf.signals.registry import Registry
 
 if TYPE_CHECKING:  # imported when used: the receiver (grpcio) and duckdb only without a collector
-    from otelbpf.profiling.otlp import RetryingProfilesExporter
     from otelbpf.receiver.otlp import OtlpReceiver
     from otelbpf.store.writer import StoreWriter
     from otelbpf.ui import UiServer
@@ -56,27 +56,17 @@ class AgentError(Exception):
     """The agent cannot run here; the message says why and what to do."""
 
 
-def profiles_endpoint(cfg: AgentConfig) -> str | None:
-    """Where `otelbpf run` sends OTLP profiles (OTLP/HTTP, /v1development/profiles): the
-    profile section's otlp_endpoint, else the collector's endpoint; a gRPC endpoint on the
-    standard port 4317 becomes the same host's OTLP/HTTP port 4318. None: not exported."""
+def otlp_settings(cfg: AgentConfig) -> OtlpSettings:
+    """The exporter's settings: the standard variables, the collector endpoint and protocol,
+    and profile.otlp_endpoint (an OTLP/HTTP endpoint for profiles alone) where it is set."""
+    overrides: dict[str, object] = {"endpoint": cfg.otlp_endpoint or "http://localhost:4318",
+                                    "protocol": cfg.otlp_protocol}
     if cfg.profile.otlp_endpoint:
-        return cfg.profile.otlp_endpoint
-    if not cfg.otlp_endpoint:
-        return None
-    endpoint = cfg.otlp_endpoint if "://" in cfg.otlp_endpoint else f"http://{cfg.otlp_endpoint}"
-    if cfg.otlp_protocol == "grpc":
-        from urllib.parse import urlsplit
-        parts = urlsplit(endpoint)
-        if parts.port == 4317:
-            endpoint = parts._replace(netloc=parts.netloc.rsplit(":", 1)[0] + ":4318").geturl()
-    return endpoint
-
-
-def profiles_retry(cfg: AgentConfig):
-    """The exporters' backoff (RetrySettings) for the profiles export too."""
-    return OtlpSettings.from_env(os.environ, {"endpoint": cfg.otlp_endpoint or "http://localhost:4318",
-                                              "protocol": cfg.otlp_protocol}).retry
+        endpoint = cfg.profile.otlp_endpoint.rstrip("/")
+        if not endpoint.endswith(PROFILES_PATH):
+            endpoint += PROFILES_PATH
+        overrides.update(profiles_endpoint=endpoint, profiles_protocol="http/protobuf")
+    return OtlpSettings.from_env(os.environ, overrides)
 
 
 def progress(message: str) -> None:
@@ -110,7 +100,6 @@ class Agent:
         self._reload = threading.Event()  # SIGHUP: load the security policies again
         self._policy_fingerprint: tuple = ()
         self._threads: list[threading.Thread] = []
-        self._profiles_exporter: RetryingProfilesExporter | None = None  # OTLP profiles (with a collector)
 
     # -- start ----------------------------------------------------------------------------
     def start(self) -> None:
@@ -139,9 +128,8 @@ class Agent:
         cfg = self.config
         sinks: list[Sink] = []
         if cfg.otlp_endpoint:
-            settings = OtlpSettings.from_env(os.environ, {"endpoint": cfg.otlp_endpoint,
-                                                          "protocol": cfg.otlp_protocol})
-            sinks.append(OtlpExporter(settings, self.registry))
+            signals = SIGNALS if "profile" in cfg.sensors else tuple(s for s in SIGNALS if s != "profiles")
+            sinks.append(OtlpExporter(otlp_settings(cfg), self.registry, signals=signals))
         else:
             # The embedded default: the agent's batches go into the local store in process;
             # the OTLP receiver on loopback is for programs with an OpenTelemetry SDK. Plus a
@@ -152,6 +140,8 @@ class Agent:
                 sinks.append(StoreSink(self.store_writer))
             self.receiver = self._start_receiver(receiver_handler(self.store_writer) if self.store_writer else None)
             self.ui = self._start_ui()
+            if cfg.profile.otlp_endpoint and "profile" in cfg.sensors:  # profiles alone to a profiles backend
+                sinks.append(OtlpExporter(otlp_settings(cfg), self.registry, name="profiles", signals=("profiles",)))
         if cfg.console or (cfg.console is None and not cfg.otlp_endpoint):
             sinks.append(ConsoleSink(view=cfg.console_view))
         jsonl = cfg.jsonl_path or (None if cfg.otlp_endpoint else DEFAULT_JSONL)
@@ -229,18 +219,15 @@ class Agent:
                                  table_size=cfg.process.table_size, ringbuf_bytes=cfg.ringbuf_bytes)
         if name == "profile":
             from otelbpf.profiling.files import PprofDirectory
+            from otelbpf.sensors.profile import SCOPE as PROFILE_SCOPE
             from otelbpf.sensors.profile import ProfileSensor
-            emit = PprofDirectory(cfg.profile.output_dir) if cfg.profile.output_dir else (lambda profile: None)
-            if self.store_writer is not None:  # the embedded default: samples into the local store too
-                from otelbpf.store.profile_rows import also_to_store
-                emit = also_to_store(emit, self.store_writer, str(dict(self.resource.attributes).get("service.name", "")))
-            endpoint = profiles_endpoint(cfg)
-            if endpoint:  # the OTLP profiles signal, sent from its own thread with retries
-                from otelbpf.profiling.otlp import RetryingProfilesExporter
-                exporter = self._profiles_exporter = RetryingProfilesExporter(endpoint, self.resource,
-                                                                              profiles_retry(cfg))
-                progress(f"profiles to {exporter.url}")
-                emit = _both(emit, exporter)
+            sink, resource = self._opened_sink(), self.resource
+            pprof = PprofDirectory(cfg.profile.output_dir) if cfg.profile.output_dir else None
+
+            def emit(profile) -> None:  # to every sink that keeps profiles (store, OTLP), and pprof files
+                if pprof is not None:
+                    pprof(profile)
+                sink.export_profiles(ProfileBatch(resource, PROFILE_SCOPE, profile))
             return ProfileSensor(emit, self.registry, hz=cfg.profile.hz, interval=cfg.profile.interval,
                                  max_stacks=cfg.profile.max_stacks)
         if name == "network":
@@ -383,9 +370,6 @@ class Agent:
                 log.exception("stopping sensor %s", sensor.name)
         self.export_metrics()
         self.sensors.clear()
-        if self._profiles_exporter is not None:  # after the sensors: their last profile is queued
-            self._profiles_exporter.shutdown(timeout)
-            self._profiles_exporter = None
         if self.sink is not None:
             self.sink.shutdown(timeout)
             self.sink = None
@@ -415,10 +399,3 @@ def receiver_handler(writer: StoreWriter) -> Callable:
         except StoreFull as full:
             raise Refusal(str(full), retry_after=full.retry_after) from None
     return handle
-
-
-def _both(first: Callable, second: Callable) -> Callable:
-    def emit(profile) -> None:
-        first(profile)
-        second(profile)
-    return emit

@@ -265,14 +265,8 @@ def cmd_profile(args: argparse.Namespace) -> int:
         output.write(profile if diffed or before is None else whole, path, title, baseline)
     if before is not None:
         profile = whole
-    if args.otlp_endpoint:
-        from otelbpf.enrich.host import host_resource
-        from otelbpf.profiling.otlp import OtlpProfilesExporter
-        try:
-            OtlpProfilesExporter(args.otlp_endpoint, host_resource()).export(profile)
-        except OSError as e:
-            print(f"otelbpf profile: {e}", file=sys.stderr)
-            return EXIT_FAILURE
+    if args.otlp_endpoint and not _export_profile(profile, args.otlp_endpoint):
+        return EXIT_FAILURE
     lost = profiler.lost
     print(f"otelbpf: {profile.total} samples of {len({s.pid for s in profile.counts})} processes"
           f"{f', {lost} lost' if lost else ''}; wrote {', '.join(args.out) or 'nothing'}"
@@ -481,6 +475,36 @@ def cmd_policy_check(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     print(f"{len(policies)} policies, {len(compiled.rules)} rules: valid")
     return EXIT_OK
+
+
+def _export_profile(profile, endpoint: str, timeout: float = 30.0) -> bool:
+    """Sends one profile over OTLP/HTTP with the agent's exporter (retries, Retry-After,
+    OTEL_EXPORTER_OTLP_* headers, compression and TLS); False, said on stderr, when refused."""
+    from otelbpf.enrich.host import host_resource
+    from otelbpf.export.otlp import OtlpExporter
+    from otelbpf.export.otlp_settings import OtlpSettings
+    from otelbpf.sensors.profile import SCOPE
+    from otelbpf.signals.model import ProfileBatch
+    from otelbpf.signals.otlp_profiles import HTTP_PATH
+    from otelbpf.signals.registry import Registry
+
+    url = endpoint.rstrip("/")
+    url = url if url.endswith(HTTP_PATH) else url + HTTP_PATH
+    registry = Registry()
+    try:
+        settings = OtlpSettings.from_env(os.environ, {"profiles_endpoint": url, "profiles_protocol": "http/protobuf",
+                                                      "retry_max_elapsed": timeout})
+    except ValueError as e:
+        print(f"otelbpf profile: --otlp-endpoint: {e}", file=sys.stderr)
+        return False
+    exporter = OtlpExporter(settings, registry, name="profile", signals=("profiles",))
+    exporter.export_profiles(ProfileBatch(host_resource(), SCOPE, profile))
+    exporter.shutdown(timeout)
+    if registry.counter("otelbpf.exporter.sent").value(signal="profiles", exporter="profile"):
+        return True
+    print(f"otelbpf profile: the profile was not accepted by {url} (the reason is in the warning above)",
+          file=sys.stderr)
+    return False
 
 
 def main(argv: list[str] | None = None) -> int:

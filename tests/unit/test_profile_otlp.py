@@ -1,5 +1,6 @@
-"""The OTLP profiles signal: a profile sent to a tiny HTTP server, decoded there with the
-official opentelemetry-proto messages and walked back to its stacks."""
+"""The OTLP profiles signal through the agent's one OTLP exporter: a profile sent to a tiny
+HTTP server, decoded there with the official opentelemetry-proto messages and walked back to
+its stacks; the same over gRPC."""
 
 from __future__ import annotations
 
@@ -12,8 +13,11 @@ from opentelemetry.proto.collector.profiles.v1development.profiles_service_pb2 i
     ExportProfilesServiceResponse,
 )
 
-from otelbpf.profiling.otlp import OtlpProfilesExporter
-from otelbpf.signals.model import Resource
+from otelbpf.export.otlp import OtlpExporter
+from otelbpf.export.otlp_settings import OtlpSettings
+from otelbpf.signals.model import ProfileBatch, Resource
+from otelbpf.signals.otlp_profiles import profiles_request
+from otelbpf.signals.registry import Registry
 from tests.unit.test_profile_formats import sample_profile
 
 
@@ -66,12 +70,29 @@ def decoded_stacks(req: ExportProfilesServiceRequest):
     return profile, out
 
 
+def export(endpoint: str, *batches: ProfileBatch, protocol: str = "http/protobuf", **overrides) -> Registry:
+    registry = Registry()
+    settings = OtlpSettings.from_env({}, {"endpoint": endpoint, "protocol": protocol, **overrides})
+    exporter = OtlpExporter(settings, registry, signals=("profiles",))
+    for batch in batches:
+        exporter.export_profiles(batch)
+    exporter.shutdown(10)
+    return registry
+
+
+def sent(registry: Registry, counter: str = "otelbpf.exporter.sent") -> int | float:
+    return registry.counter(counter).value(signal="profiles", exporter="otlp")
+
+
 def test_profile_reaches_the_endpoint_and_decodes(server):
-    OtlpProfilesExporter(server.url, Resource.of({"host.name": "h1"})).export(sample_profile())
+    registry = export(server.url, ProfileBatch(Resource.of({"host.name": "h1"}), "otelbpf.sensors.profile",
+                                               sample_profile()))
+    assert sent(registry) == 3  # items are the profile's samples
     [(path, content_type, body)] = server.received
     assert path == "/v1development/profiles" and content_type == "application/x-protobuf"
     req = ExportProfilesServiceRequest.FromString(body)
     assert req.resource_profiles[0].resource.attributes[0].key == "host.name"
+    assert req.resource_profiles[0].scope_profiles[0].scope.name == "otelbpf.sensors.profile"
     profile, stacks = decoded_stacks(req)
     assert stacks == {(7, "worker", ("hot", "caller", "main")): 23,
                       (7, "worker", ("vfs_write", "write_loop", "main")): 5,
@@ -81,10 +102,48 @@ def test_profile_reaches_the_endpoint_and_decodes(server):
     assert profile.period == 1_000_000_000 // 99
 
 
-def test_refusal_names_the_endpoint_and_status():
+def test_profiles_of_two_resources_share_one_dictionary():
+    request = profiles_request([ProfileBatch(Resource.of({"host.name": "a"}), "s", sample_profile()),
+                                ProfileBatch(Resource.of({"host.name": "b"}), "s", sample_profile())])
+    assert [r.resource.attributes[0].value.string_value for r in request.resource_profiles] == ["a", "b"]
+    first, second = (r.scope_profiles[0].profiles[0] for r in request.resource_profiles)
+    assert [x.stack_index for x in first.samples] == [x.stack_index for x in second.samples]
+    assert len(request.dictionary.stack_table) == 1 + 3  # the zero entry and three stacks, once
+
+
+def test_a_refusal_is_counted_and_names_the_endpoint_and_status(caplog):
     s = Server(status=400)
     try:
-        with pytest.raises(OSError, match=r"v1development/profiles refused: HTTP 400"):
-            OtlpProfilesExporter(s.url + "/v1development/profiles", Resource()).export(sample_profile())
+        registry = export(s.url, ProfileBatch(Resource(), "s", sample_profile()))
     finally:
         s.close()
+    assert sent(registry) == 0 and sent(registry, "otelbpf.exporter.failed") == 3
+    assert "v1development/profiles" in caplog.text and "HTTP 400" in caplog.text
+
+
+def test_profiles_over_grpc_reach_a_grpc_server():
+    """A grpcio server with the ProfilesService method (a collector with profiles enabled)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import grpc
+
+    received = []
+
+    def handle(request: ExportProfilesServiceRequest, context) -> ExportProfilesServiceResponse:
+        received.append(request)
+        return ExportProfilesServiceResponse()
+
+    method = grpc.unary_unary_rpc_method_handler(handle, ExportProfilesServiceRequest.FromString,
+                                                 ExportProfilesServiceResponse.SerializeToString)
+    service = "opentelemetry.proto.collector.profiles.v1development.ProfilesService"
+    server = grpc.server(ThreadPoolExecutor(2))
+    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(service, {"Export": method})])
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        registry = export(f"http://127.0.0.1:{port}", ProfileBatch(Resource(), "s", sample_profile()), protocol="grpc")
+    finally:
+        server.stop(0)
+    assert sent(registry) == 3
+    [request] = received
+    assert decoded_stacks(request)[1][(9, "other", ("main",))] == 3

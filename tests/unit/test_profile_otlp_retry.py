@@ -1,5 +1,6 @@
-"""The profile sensor's OTLP profiles export from `otelbpf run`: retries on the retryable HTTP
-statuses against a tiny test server, drops on the others, and the agent's wiring."""
+"""The profile sensor's OTLP profiles export from `otelbpf run`, through the one OTLP
+exporter: retries on the retryable HTTP statuses against a tiny test server, drops on the
+others, a full queue, and the agent's wiring."""
 
 from __future__ import annotations
 
@@ -11,12 +12,33 @@ from opentelemetry.proto.collector.profiles.v1development.profiles_service_pb2 i
     ExportProfilesServiceRequest,
 )
 
-from otelbpf.export.otlp_settings import RetrySettings
-from otelbpf.profiling.otlp import PATH, RetryingProfilesExporter
-from otelbpf.signals.model import Resource
+from otelbpf.export.otlp import OtlpExporter
+from otelbpf.export.otlp_settings import OtlpSettings
+from otelbpf.signals.model import ProfileBatch, Resource
+from otelbpf.signals.otlp_profiles import HTTP_PATH as PATH
+from otelbpf.signals.registry import Registry
 from tests.unit.test_profile_formats import sample_profile
 
-FAST = RetrySettings(initial_interval=0.05, multiplier=1.5, max_interval=0.2, max_elapsed=5.0)
+FAST = {"retry_initial_interval": 0.05, "retry_multiplier": 1.5, "retry_max_interval": 0.2, "retry_max_elapsed": 5.0}
+
+
+class Exporter:
+    """An OTLP exporter of profiles alone, and its counters."""
+
+    def __init__(self, url: str, **overrides):
+        self.registry = Registry()
+        settings = OtlpSettings.from_env({}, {"endpoint": url, "protocol": "http/protobuf", **FAST, **overrides})
+        self.exporter = OtlpExporter(settings, self.registry, signals=("profiles",))
+
+    def __call__(self, profile) -> None:
+        self.exporter.export_profiles(ProfileBatch(Resource.of({"service.name": "t"}), "s", profile))
+
+    def shutdown(self, timeout: float) -> None:
+        self.exporter.shutdown(timeout)
+
+    def count(self, what: str) -> int:
+        """Profiles (of three samples each) counted as sent, failed, retried or dropped."""
+        return int(self.registry.counter(f"otelbpf.exporter.{what}").value(signal="profiles", exporter="otlp") // 3)
 
 
 class ScriptedServer:
@@ -52,13 +74,13 @@ class ScriptedServer:
 
 def test_retryable_statuses_are_retried_until_accepted():
     server = ScriptedServer([503, 429, 502, 504])
-    exporter = RetryingProfilesExporter(server.url, Resource.of({"service.name": "t"}), FAST)
+    exporter = Exporter(server.url)
     try:
         exporter(sample_profile())
         exporter.shutdown(10)
     finally:
         server.close()
-    assert (exporter.sent, exporter.failed, exporter.retries) == (1, 0, 4)
+    assert (exporter.count("sent"), exporter.count("failed"), exporter.count("retried")) == (1, 0, 4)
     assert len(server.bodies) == 5 and {p for p, _ in server.bodies} == {PATH}
     assert len({b for _, b in server.bodies}) == 1  # the same request each time
     request = ExportProfilesServiceRequest.FromString(server.bodies[-1][1])
@@ -67,71 +89,84 @@ def test_retryable_statuses_are_retried_until_accepted():
 
 def test_retry_after_is_honoured():
     server = ScriptedServer([503], retry_after="1")
-    exporter = RetryingProfilesExporter(server.url, Resource.of({}), FAST)
+    exporter = Exporter(server.url)
     try:
         exporter(sample_profile())
         exporter.shutdown(10)
     finally:
         server.close()
-    assert exporter.sent == 1 and server.times[1] - server.times[0] >= 0.95
+    assert exporter.count("sent") == 1 and server.times[1] - server.times[0] >= 0.95
 
 
 def test_other_statuses_drop_the_profile_and_go_on():
     server = ScriptedServer([400])
-    exporter = RetryingProfilesExporter(server.url, Resource.of({}), FAST)
+    exporter = Exporter(server.url, batch_timeout=0)
     try:
         exporter(sample_profile())
+        deadline = time.monotonic() + 10
+        while exporter.count("failed") < 1 and time.monotonic() < deadline:
+            time.sleep(0.02)
         exporter(sample_profile())
         exporter.shutdown(10)
     finally:
         server.close()
-    assert (exporter.sent, exporter.failed, exporter.retries, len(server.bodies)) == (1, 1, 0, 2)
+    assert (exporter.count("sent"), exporter.count("failed"), exporter.count("retried"), len(server.bodies)) == \
+        (1, 1, 0, 2)
 
 
 def test_unreachable_endpoint_gives_up_at_shutdown():
-    exporter = RetryingProfilesExporter("http://127.0.0.1:9", Resource.of({}),
-                                        RetrySettings(initial_interval=5, max_elapsed=300))
+    exporter = Exporter("http://127.0.0.1:9", retry_initial_interval=5, retry_max_elapsed=300)
     exporter(sample_profile())
     started = time.monotonic()
     exporter.shutdown(0.5)
-    assert time.monotonic() - started < 3 and exporter.sent == 0
+    assert time.monotonic() - started < 3 and exporter.count("sent") == 0
 
 
-def test_full_queue_drops_the_oldest():
+def test_full_queue_drops_and_counts():
     server = ScriptedServer([503] * 3)
-    exporter = RetryingProfilesExporter(server.url, Resource.of({}), FAST, queue_size=2)
+    exporter = Exporter(server.url, queue_size=6)  # two profiles of three samples
     try:
-        for _ in range(6):
+        for _ in range(7):
             exporter(sample_profile())
         exporter.shutdown(10)
     finally:
         server.close()
-    assert exporter.dropped >= 1 and exporter.sent + exporter.dropped == 6
+    assert exporter.count("dropped") >= 1 and exporter.count("sent") + exporter.count("dropped") == 7
 
 
-def test_run_with_an_http_endpoint_exports_profiles(monkeypatch):
+def test_run_with_a_collector_exports_profiles_on_its_protocol():
     from otelbpf import agent as agent_module
     from otelbpf.config import AgentConfig
 
-    cfg = AgentConfig(otlp_endpoint="http://collector.example:4318", otlp_protocol="http/protobuf")
-    assert agent_module.profiles_endpoint(cfg) == "http://collector.example:4318"
-    grpc = AgentConfig(otlp_endpoint="http://collector.example:4317", otlp_protocol="grpc")
-    assert agent_module.profiles_endpoint(grpc) == "http://collector.example:4318"
-    explicit = AgentConfig(otlp_endpoint="http://c:4317", profile={"otlp_endpoint": "http://p:9999"})
-    assert agent_module.profiles_endpoint(explicit) == "http://p:9999"
-    assert agent_module.profiles_endpoint(AgentConfig()) is None
+    http = agent_module.otlp_settings(AgentConfig(otlp_endpoint="http://collector.example:4318",
+                                                  otlp_protocol="http/protobuf"))
+    assert http.profiles.endpoint == "http://collector.example:4318/v1development/profiles"
+    grpc = agent_module.otlp_settings(AgentConfig(otlp_endpoint="http://collector.example:4317", otlp_protocol="grpc"))
+    assert (grpc.profiles.protocol, grpc.profiles.endpoint) == ("grpc", "http://collector.example:4317")
+    explicit = agent_module.otlp_settings(AgentConfig(otlp_endpoint="http://c:4317", otlp_protocol="grpc",
+                                                      profile={"otlp_endpoint": "http://p:9999"}))
+    assert (explicit.profiles.protocol, explicit.profiles.endpoint) == ("http/protobuf",
+                                                                        "http://p:9999/v1development/profiles")
+    assert explicit.traces.endpoint == "http://c:4317"  # the other signals keep the collector
+
+
+def test_the_profile_sensor_sends_through_the_agents_sink(monkeypatch):
+    from otelbpf import agent as agent_module
+    from otelbpf.config import AgentConfig
 
     server = ScriptedServer([503])
-    got = []
     try:
-        monkeypatch.setattr(agent_module, "profiles_retry", lambda cfg: FAST)
         a = agent_module.Agent(AgentConfig(otlp_endpoint=server.url, otlp_protocol="http/protobuf",
-                                           sensors=["profile"]))
+                                           sensors=["profile"], console=False))
+        monkeypatch.setattr(agent_module, "otlp_settings",
+                            lambda cfg: OtlpSettings.from_env({}, {"endpoint": server.url, **FAST}))
+        a.sink = a._open_sinks()
         monkeypatch.setattr("otelbpf.sensors.profile.Profiler", lambda *a, **k: None)
         sensor = a._make_sensor("profile")
         sensor._emit(sample_profile())
-        a._profiles_exporter.shutdown(10)
+        a.sink.shutdown(10)
         got = server.bodies
     finally:
         server.close()
-    assert len(got) == 2 and got[0][0] == PATH
+    assert len(got) == 2 and got[0][0] == PATH  # refused once with 503, then accepted
+    assert a.registry.counter("otelbpf.exporter.sent").value(signal="profiles", exporter="otlp") == 3

@@ -12,12 +12,13 @@ import duckdb
 import pytest
 
 from otelbpf.profiling.model import Profile, Stack
-from otelbpf.signals.model import Resource
+from otelbpf.signals.model import ProfileBatch, Resource
 from otelbpf.signals.otlp import metrics_request
 from otelbpf.signals.registry import Registry
 from otelbpf.store import Store, queries
 from otelbpf.store.network_rows import is_loopback
-from otelbpf.store.profile_rows import also_to_store, profile_rows
+from otelbpf.store.profile_rows import profile_rows
+from otelbpf.store.sink import StoreSink
 from otelbpf.store.writer import StoreWriter
 from otelbpf.symbols.symbolizer import Frame
 from otelbpf.ui import UiServer
@@ -117,11 +118,9 @@ def hot_profile(t0: int) -> Profile:
 def test_profile_samples_rows_and_flame_query(store):
     t0 = time.time_ns()
     writer = StoreWriter(store, Registry())
-    emitted = []
-    emit = also_to_store(emitted.append, writer, "otelbpf")
-    emit(hot_profile(t0))
+    StoreSink(writer).export_profiles(ProfileBatch(Resource.of({"service.name": "otelbpf"}), "p", hot_profile(t0)))
     writer.flush()
-    assert len(emitted) == 1
+    assert store.query("SELECT DISTINCT service FROM profile_samples").rows == [("otelbpf",)]
     rows = store.query("SELECT pid, process_name, stack, samples FROM profile_samples ORDER BY samples DESC, pid").rows
     assert rows == [(42, "hot", "main;outer_caller;hot_leaf_spin", 90),
                     (7, "idle;x", "main", 5),
@@ -134,11 +133,11 @@ def test_profile_samples_rows_and_flame_query(store):
     assert profile_rows(Profile(t0, 1, 19))["stack"] == []
 
 
-def test_store_emit_survives_a_full_queue(store):
-    writer = StoreWriter(store, Registry(), max_pending_rows=1)
-    emitted = []
-    also_to_store(emitted.append, writer)(hot_profile(time.time_ns()))  # 3 rows > 1: refused, logged
-    assert len(emitted) == 1
+def test_a_full_store_queue_refuses_a_profile_and_counts_it(store):
+    registry = Registry()
+    writer = StoreWriter(store, registry, max_pending_rows=1)
+    StoreSink(writer).export_profiles(ProfileBatch(Resource(), "p", hot_profile(time.time_ns())))  # 3 rows > 1
+    assert registry.counter("otelbpf.store.rows_refused").value(table="profile_samples") == 3
 
 
 def test_ui_api_serves_the_map_and_the_flame_graph(store):
@@ -147,7 +146,7 @@ def test_ui_api_serves_the_map_and_the_flame_graph(store):
     c["conn"].add(2, client("curl", "127.0.0.1", 8080))
     c["conn"].add(2, server("webd", 8080, "127.0.0.1"))
     writer.handle("metrics", metrics_request([registry.snapshot(RESOURCE, "n")]))
-    also_to_store(lambda p: None, writer)(hot_profile(time.time_ns()))
+    StoreSink(writer).export_profiles(ProfileBatch(Resource(), "p", hot_profile(time.time_ns())))
     writer.flush()
     ui = UiServer(store).start()
     try:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Protocol, runtime_checkable
 
-from otelbpf.signals.model import LogBatch, MetricBatch, SpanBatch
+from otelbpf.signals.model import LogBatch, MetricBatch, ProfileBatch, SpanBatch
 
 
 @runtime_checkable
@@ -18,6 +18,10 @@ class Sink(Protocol):
     def export_metrics(self, batch: MetricBatch) -> None: ...
 
     def export_spans(self, batch: SpanBatch) -> None: ...
+
+    def export_profiles(self, batch: ProfileBatch) -> None:
+        """A sink that does not keep profiles ignores them."""
+        ...
 
     def shutdown(self, timeout: float = 5.0) -> None:
         """Flush what is queued (within timeout), then stop."""

@@ -14,7 +14,15 @@ import threading
 from typing import IO
 
 from otelbpf.export.lines import clock, compact_attributes, cut, format_line
-from otelbpf.signals.model import Attributes, AttrValue, LogBatch, MetricBatch, MetricKind, SpanBatch
+from otelbpf.signals.model import (
+    Attributes,
+    AttrValue,
+    LogBatch,
+    MetricBatch,
+    MetricKind,
+    ProfileBatch,
+    SpanBatch,
+)
 
 
 def _json_value(value: AttrValue) -> object:
@@ -53,6 +61,9 @@ class _StreamSink:
         with self._lock:
             self._stream.write("\n".join(lines) + "\n")
             self._stream.flush()
+
+    def export_profiles(self, batch: ProfileBatch) -> None:
+        """Profiles are flame graphs, not lines: they go to the store, pprof files and OTLP."""
 
     def shutdown(self, timeout: float = 5.0) -> None:
         with self._lock:

@@ -7,7 +7,7 @@ import time
 from collections.abc import Sequence
 
 from otelbpf.export.base import Sink
-from otelbpf.signals.model import LogBatch, MetricBatch, SpanBatch
+from otelbpf.signals.model import LogBatch, MetricBatch, ProfileBatch, SpanBatch
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +40,13 @@ class FanoutSink:
                 sink.export_spans(batch)
             except Exception:
                 log.exception("sink %s failed to take a span batch", sink.name)
+
+    def export_profiles(self, batch: ProfileBatch) -> None:
+        for sink in self.sinks:
+            try:
+                sink.export_profiles(batch)
+            except Exception:
+                log.exception("sink %s failed to take a profile", sink.name)
 
     def shutdown(self, timeout: float = 5.0) -> None:
         """Shuts the sinks down one after the other within one shared deadline."""

@@ -1,4 +1,5 @@
-"""OTLP exporter: batches logs, metrics and spans and sends them over gRPC, HTTP/protobuf or HTTP/JSON.
+"""OTLP exporter: batches logs, metrics, spans and profiles and sends them over gRPC,
+HTTP/protobuf or HTTP/JSON: one queue, retry, compression, TLS and header path for all four.
 
 Per signal, a bounded queue feeds one worker thread that cuts requests of up to
 max_batch_size items (or whatever arrived within batch_timeout), encodes them and sends
@@ -25,10 +26,11 @@ from google.protobuf.message import DecodeError, Message
 from google.rpc import status_pb2
 from opentelemetry.proto.collector.logs.v1 import logs_service_pb2
 from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2
+from opentelemetry.proto.collector.profiles.v1development import profiles_service_pb2
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 
 from otelbpf.export.otlp_response import Sent, partial_success
-from otelbpf.export.otlp_settings import OtlpSettings, SignalSettings
+from otelbpf.export.otlp_settings import SIGNALS, OtlpSettings, SignalSettings
 from otelbpf.export.retry import (
     RETRYABLE_HTTP_STATUSES,
     PermanentError,
@@ -37,12 +39,13 @@ from otelbpf.export.retry import (
     send_with_retry,
 )
 from otelbpf.signals import otlp as mapping
-from otelbpf.signals.model import LogBatch, MetricBatch, SpanBatch
+from otelbpf.signals import otlp_profiles
+from otelbpf.signals.model import LogBatch, MetricBatch, ProfileBatch, SpanBatch
 from otelbpf.signals.otlp_json import from_json, to_json
 from otelbpf.signals.registry import Registry
 
 log = logging.getLogger(__name__)
-B = TypeVar("B", LogBatch, MetricBatch, SpanBatch)
+B = TypeVar("B", LogBatch, MetricBatch, SpanBatch, ProfileBatch)
 
 @dataclass(frozen=True)
 class _Codec(Generic[B]):
@@ -72,7 +75,7 @@ def _grpc_method(service_module, service: str) -> str:
     return f"/{service_module.DESCRIPTOR.services_by_name[service].full_name}/Export"
 
 
-_CODECS: dict[str, _Codec[LogBatch] | _Codec[MetricBatch] | _Codec[SpanBatch]] = {
+_CODECS: dict[str, _Codec[LogBatch] | _Codec[MetricBatch] | _Codec[SpanBatch] | _Codec[ProfileBatch]] = {
     "logs": _Codec(
         count=mapping.log_item_count,
         split=_split_logs,
@@ -99,6 +102,15 @@ _CODECS: dict[str, _Codec[LogBatch] | _Codec[MetricBatch] | _Codec[SpanBatch]] =
         response=trace_service_pb2.ExportTraceServiceResponse,
         rejected_field="rejected_spans",
         grpc_method=_grpc_method(trace_service_pb2, "TraceService"),
+    ),
+    "profiles": _Codec(
+        count=otlp_profiles.profile_item_count,
+        split=None,  # one profile is one interval's aggregate: keep it whole
+        encode_protobuf=otlp_profiles.encode_profiles_request,
+        encode_message=otlp_profiles.profiles_request,
+        response=profiles_service_pb2.ExportProfilesServiceResponse,
+        rejected_field="rejected_profiles",
+        grpc_method=_grpc_method(profiles_service_pb2, "ProfilesService"),
     ),
 }
 
@@ -374,23 +386,33 @@ class OtlpExporter:
         settings: OtlpSettings | None = None,
         registry: Registry | None = None,
         name: str = "otlp",
+        signals: tuple[str, ...] = SIGNALS,
     ) -> None:
+        """signals: the ones this exporter sends; batches of the others are ignored."""
         self.name = name
         self.settings = settings or OtlpSettings.from_env()
         self.registry = registry if registry is not None else Registry()
         self._pipelines = {
             signal: _SignalPipeline(signal, self.settings, self.registry, name)
-            for signal in _CODECS
+            for signal in signals
         }
 
+    def _enqueue(self, signal: str, batch) -> None:
+        pipeline = self._pipelines.get(signal)
+        if pipeline is not None:
+            pipeline.enqueue(batch)
+
     def export_logs(self, batch: LogBatch) -> None:
-        self._pipelines["logs"].enqueue(batch)
+        self._enqueue("logs", batch)
 
     def export_metrics(self, batch: MetricBatch) -> None:
-        self._pipelines["metrics"].enqueue(batch)
+        self._enqueue("metrics", batch)
 
     def export_spans(self, batch: SpanBatch) -> None:
-        self._pipelines["traces"].enqueue(batch)
+        self._enqueue("traces", batch)
+
+    def export_profiles(self, batch: ProfileBatch) -> None:
+        self._enqueue("profiles", batch)
 
     def flush(self, timeout: float = 5.0) -> bool:
         """Sends everything queued; True when it all left within timeout."""

@@ -15,7 +15,10 @@ from dataclasses import dataclass, field
 from typing import SupportsFloat, SupportsIndex, SupportsInt
 from urllib.parse import unquote, urlsplit
 
-SIGNALS = ("logs", "metrics", "traces")
+SIGNALS = ("logs", "metrics", "traces", "profiles")
+# OTLP/HTTP paths a generic endpoint gets; profiles are still a development signal.
+HTTP_PATHS = {"logs": "/v1/logs", "metrics": "/v1/metrics", "traces": "/v1/traces",
+              "profiles": "/v1development/profiles"}
 PROTOCOLS = ("grpc", "http/protobuf", "http/json")
 COMPRESSIONS = ("gzip", "none")
 DEFAULT_PROTOCOL = "http/protobuf"
@@ -64,6 +67,7 @@ class OtlpSettings:
     logs: SignalSettings
     metrics: SignalSettings
     traces: SignalSettings
+    profiles: SignalSettings
     max_batch_size: int = 8192  # items per request
     batch_timeout: float = 0.2  # seconds a partial batch waits for more
     queue_size: int = 100_000  # items queued or in flight; beyond it batches are dropped
@@ -200,7 +204,7 @@ def _endpoint(value: str | None, name: str, transport: str, signal: str, per_sig
     if not parts.hostname:
         raise ValueError(f"{name}: {value!r} has no host; write e.g. http://collector:4318")
     if transport == "http" and not per_signal:
-        return f"{value.rstrip('/')}/v1/{signal}"
+        return f"{value.rstrip('/')}{HTTP_PATHS[signal]}"
     return value
 
 

@@ -11,6 +11,8 @@ from otelbpf.profiling.model import Profile
 from otelbpf.profiling.profiler import Profiler
 from otelbpf.signals.registry import Registry
 
+SCOPE = "otelbpf.sensors.profile"
+
 
 class ProfileSensor:
     name = "profile"

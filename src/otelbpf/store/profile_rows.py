@@ -4,16 +4,12 @@ profile interval, the stack folded root first ("main;outer;leaf", kernel frames 
 from __future__ import annotations
 
 import json
-import logging
 from collections import Counter
-from collections.abc import Callable
 
 from otelbpf.profiling.folded import frame_label
 from otelbpf.profiling.model import Profile
 from otelbpf.store.otlp_rows import empty
 from otelbpf.store.schema import PROFILE_SAMPLES
-
-log = logging.getLogger(__name__)
 
 Columns = dict[str, list]
 
@@ -30,17 +26,3 @@ def profile_rows(profile: Profile, service: str = "") -> Columns:
         for column, value in zip(out.values(), (profile.start_unix_ns, service, pid, comm, folded, n, attrs)):
             column.append(value)
     return out
-
-
-def also_to_store(emit: Callable[[Profile], None], writer, service: str = "") -> Callable[[Profile], None]:
-    """An emit for the profile sensor that hands each profile to `emit` and queues its samples
-    in the store writer (a full queue loses that interval's samples, said in the log)."""
-    def both(profile: Profile) -> None:
-        try:
-            emit(profile)
-        finally:
-            try:
-                writer.append(PROFILE_SAMPLES, profile_rows(profile, service))
-            except Exception as e:  # noqa: BLE001 - the store must not stop the profiler
-                log.warning("profile samples not stored: %s", e)
-    return both

@@ -6,9 +6,10 @@ from __future__ import annotations
 import logging
 import time
 
-from otelbpf.signals.model import LogBatch, MetricBatch, SpanBatch
+from otelbpf.signals.model import LogBatch, MetricBatch, ProfileBatch, SpanBatch
 from otelbpf.store.model_rows import RowBuilder
-from otelbpf.store.schema import LOGS, SPANS
+from otelbpf.store.profile_rows import profile_rows
+from otelbpf.store.schema import LOGS, PROFILE_SAMPLES, SPANS
 from otelbpf.store.writer import StoreFull, StoreWriter
 
 log = logging.getLogger(__name__)
@@ -36,6 +37,10 @@ class StoreSink:
 
     def export_metrics(self, batch: MetricBatch) -> None:
         self._queue(lambda: self.writer.add_metric_points(*self._rows.metrics(batch)))
+
+    def export_profiles(self, batch: ProfileBatch) -> None:
+        service = str(dict(batch.resource.attributes).get("service.name", ""))
+        self._queue(lambda: self.writer.append(PROFILE_SAMPLES, profile_rows(batch.profile, service)))
 
     def _queue(self, add) -> None:
         try:
