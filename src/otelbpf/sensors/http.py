@@ -31,6 +31,7 @@ from otelbpf.sensors.clock import monotonic_to_unix_offset
 from otelbpf.sensors.http_tracker import CompletedSpan, HttpTracker, Message
 from otelbpf.sensors.network import socket_owners
 from otelbpf.sensors.self_traffic import Listener, own_listeners
+from otelbpf.signals.counters import CounterDeltas
 from otelbpf.signals.model import Resource, SpanBatch, SpanKind
 from otelbpf.signals.registry import Registry
 
@@ -179,7 +180,7 @@ class HttpSensor:
                                    DURATION_BOUNDS)
         self._client = r.histogram("http.client.request.duration", "Duration of HTTP client requests", "s",
                                    DURATION_BOUNDS)
-        self._reported: dict[str, int] = {}
+        self._deltas = CounterDeltas()
 
     # -- lifecycle ------------------------------------------------------------------------
     def start(self) -> None:
@@ -368,32 +369,22 @@ class HttpSensor:
 
     def _account(self) -> None:
         """Kernel drop counters and the tracker's skips into the registry, as deltas."""
-        totals = {"parse_failed": self._tracker.unparsed, "no_request_seen": self._tracker.unmatched,
-                  "evicted": self._tracker.evicted}
+        report = self._deltas.report
+        ignored = {"parse_failed": self._tracker.unparsed, "no_request_seen": self._tracker.unmatched,
+                   "evicted": self._tracker.evicted}
         counts = self._obj.maps["http_counts"] if self._obj else None
         if counts is not None:
-            totals["not_http"] = int(counts.percpu_u64(he.COUNT_NOT_HTTP.to_bytes(4, "little")).sum())
-            totals["self"] = int(counts.percpu_u64(he.COUNT_SELF.to_bytes(4, "little")).sum())
+            def kernel_count(index: int) -> int:
+                return int(counts.percpu_u64(index.to_bytes(4, "little")).sum())
+            ignored["not_http"] = kernel_count(he.COUNT_NOT_HTTP)
+            ignored["self"] = kernel_count(he.COUNT_SELF)
             for index, reason in KERNEL_COUNTS.items():
-                total = int(counts.percpu_u64(index.to_bytes(4, "little")).sum())
-                seen = self._reported.get(reason, 0)
-                if total > seen:
-                    self._drops.add(total - seen, {"sensor": self.name, "reason": reason})
-                    self._reported[reason] = total
+                report(self._drops, kernel_count(index), {"sensor": self.name, "reason": reason})
             for index, syscall in ZERO_COPY_COUNTS.items():
-                total = int(counts.percpu_u64(index.to_bytes(4, "little")).sum())
-                seen = self._reported.get(syscall, 0)
-                if total > seen:
-                    self._zero_copy.add(total - seen, {"syscall": syscall})
-                    self._reported[syscall] = total
-        if self._no_endpoints > self._reported.get("no_endpoints", 0):
-            self._unknown_endpoints.add(self._no_endpoints - self._reported.get("no_endpoints", 0))
-            self._reported["no_endpoints"] = self._no_endpoints
-        for reason, total in totals.items():
-            seen = self._reported.get(reason, 0)
-            if total > seen:
-                self._ignored.add(total - seen, {"reason": reason})
-                self._reported[reason] = total
+                report(self._zero_copy, kernel_count(index), {"syscall": syscall})
+        report(self._unknown_endpoints, self._no_endpoints)
+        for reason, total in ignored.items():
+            report(self._ignored, total, {"reason": reason})
 
     # -- selection and resources ----------------------------------------------------------
     def _refresh_selection(self) -> None:

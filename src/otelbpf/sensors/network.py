@@ -30,6 +30,7 @@ from otelbpf.kernel.ringbuf import RecordBatch, RingBufferReader
 from otelbpf.protocols import dns
 from otelbpf.sensors import network_events as ne
 from otelbpf.sensors.clock import monotonic_to_unix_offset
+from otelbpf.signals.counters import CounterDeltas
 from otelbpf.signals.model import Attributes, LogBatch, LogRecord, Resource, Severity
 from otelbpf.signals.registry import Registry
 
@@ -138,7 +139,7 @@ class NetworkSensor:
         self.lookups: collections.deque[DnsLookup] = collections.deque(maxlen=KEEP_RECENT)
         self.listeners: dict[tuple[int, int], tuple[int, str]] = {}  # (family, port) -> (pid, process)
         self.edges: dict[tuple[str, str, int, str], Edge] = {}
-        self._kernel_drops_reported = np.zeros(0, dtype=np.uint64)
+        self._deltas = CounterDeltas()
 
         r = registry
         self._events = r.counter("otelbpf.sensor.events", "Events read from the kernel", "{event}")
@@ -295,11 +296,8 @@ class NetworkSensor:
         assert self._obj is not None  # called while started
         raw = self._obj.maps["network_drops"]
         for index, kind in enumerate(DROP_KINDS):
-            per_cpu = raw.percpu_u64(index.to_bytes(4, "little"))
-            total = int(per_cpu.sum())
-            seen = self._drops.value({"sensor": self.name, "reason": kind})
-            if total > seen:
-                self._drops.add(total - seen, {"sensor": self.name, "reason": kind})
+            total = int(raw.percpu_u64(index.to_bytes(4, "little")).sum())
+            self._deltas.report(self._drops, total, {"sensor": self.name, "reason": kind})
 
     def _discover(self, sample: np.void) -> Connection | None:
         """A connection the kernel tracks that we meet for the first time: its owner is in the

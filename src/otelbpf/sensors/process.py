@@ -23,6 +23,7 @@ from otelbpf.sensors import process_events as ev
 from otelbpf.sensors.backlog import Backlog
 from otelbpf.sensors.clock import monotonic_to_unix_offset
 from otelbpf.sensors.proctable import ProcessInfo, ProcessTable
+from otelbpf.signals.counters import CounterDeltas
 from otelbpf.signals.model import LogBatch, LogRecord, Resource, Severity
 from otelbpf.signals.registry import Registry
 
@@ -50,7 +51,7 @@ class ProcessSensor:
         self._obj: BpfObject | None = None
         self._reader: RingBufferReader | None = None
         self._backlog: Backlog | None = None
-        self._kernel_drops_reported = np.zeros(0, dtype=np.uint64)
+        self._deltas = CounterDeltas()
         self._events = registry.counter("otelbpf.sensor.events", "Events read from the kernel", "{event}")
         self._drops = registry.counter("otelbpf.sensor.dropped",
                                        "Events the kernel could not queue (ring buffer full)", "{event}")
@@ -115,15 +116,9 @@ class ProcessSensor:
 
     # -- decoding -------------------------------------------------------------------------
     def _account_kernel_drops(self) -> None:
-        drops = self._obj.maps["process_drops"].percpu_u64() if self._obj else None
-        if drops is None:
-            return
-        if len(self._kernel_drops_reported) != len(drops):
-            self._kernel_drops_reported = np.zeros(len(drops), dtype=np.uint64)
-        new = drops - self._kernel_drops_reported
-        for cpu in np.flatnonzero(new):
-            self._drops.add(int(new[cpu]), {"sensor": self.name, "cpu": int(cpu)})
-        self._kernel_drops_reported = drops
+        if self._obj is not None:
+            total = int(self._obj.maps["process_drops"].percpu_u64().sum())
+            self._deltas.report(self._drops, total, {"sensor": self.name, "reason": "ring_buffer_full"})
 
     def _handle(self, batch: RecordBatch) -> None:
         heads = batch.fixed(ev.PROCESS_EVENT)

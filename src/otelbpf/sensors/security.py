@@ -14,8 +14,6 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
-
 from otelbpf.enrich.containers import CgroupResolver, container_id_from_cgroup
 from otelbpf.kernel import BpfObject, Program
 from otelbpf.kernel.features import has_tracepoint
@@ -27,6 +25,7 @@ from otelbpf.security.loader import PolicyMaps
 from otelbpf.security.policy import Policy
 from otelbpf.sensors.clock import monotonic_to_unix_offset
 from otelbpf.sensors.proctable import read_boot_id
+from otelbpf.signals.counters import CounterDeltas
 from otelbpf.signals.model import LogBatch, Resource
 from otelbpf.signals.registry import Registry
 
@@ -69,7 +68,7 @@ class SecuritySensor:
         self._maps: PolicyMaps | None = None
         self._reader: RingBufferReader | None = None
         self._infos: dict[int, RuleInfo] = {}
-        self._reported: dict[int, np.void] = {}
+        self._deltas = CounterDeltas()  # per rule slot: rules of one policy add to one series
         self._lock = threading.Lock()  # poll and reload come from different threads
         self._boot_id = read_boot_id()
         self._clock_offset = monotonic_to_unix_offset()
@@ -129,7 +128,7 @@ class SecuritySensor:
             self._maps.apply(compiled)
             self._account_stats(old_slots)
             for slot in old_slots:
-                self._reported.pop(slot, None)
+                self._deltas.forget(slot)
             self._policies = policies
 
     def programs(self) -> list[Program]:
@@ -184,12 +183,10 @@ class SecuritySensor:
             return
         for slot in slots if slots is not None else list(self._maps.live.rules if self._maps.live else []):
             info = self._infos.get(slot)
+            if info is None:
+                continue
             total = self._maps.rule_stats(slot)
-            last = self._reported.get(slot)
-            self._reported[slot] = total
+            attrs = {"otelbpf.security.policy": info.policy, "otelbpf.security.action": info.action}
             for field, counter in self._counters.items():
-                delta = int(total[field]) - (int(last[field]) if last is not None else 0)
-                if delta > 0 and info is not None:
-                    counter.add(delta, {"otelbpf.security.policy": info.policy,
-                                        "otelbpf.security.action": info.action})
+                self._deltas.report(counter, int(total[field]), attrs, source=slot)
 
