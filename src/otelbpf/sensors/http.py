@@ -29,8 +29,8 @@ from otelbpf.kernel.ringbuf import RingBufferReader
 from otelbpf.sensors import http_events as he
 from otelbpf.sensors.clock import monotonic_to_unix_offset
 from otelbpf.sensors.http_tracker import CompletedSpan, HttpTracker, Message
-from otelbpf.sensors.network import socket_owners
 from otelbpf.sensors.self_traffic import Listener, own_listeners
+from otelbpf.sensors.socket_adoption import socket_owners
 from otelbpf.signals.counters import CounterDeltas
 from otelbpf.signals.model import Resource, SpanBatch, SpanKind
 from otelbpf.signals.registry import Registry
