@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from otelbpf.kernel import BpfObject, LayoutMismatchError, LoadError
+from otelbpf.kernel import BpfObject, LayoutMismatchError, LoadError, loading
 from otelbpf.kernel.objects import possible_cpus
 from tests.synthetic import BENCH_EVENT
 from tests.synthetic import BPF_OBJECT as BENCH_OBJECT
@@ -112,6 +112,31 @@ def test_close_detaches_everything():
     while {"handle_exec", "handle_fork", "handle_exit"} & _our_programs() and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not {"handle_exec", "handle_fork", "handle_exit"} & _our_programs()
+
+
+def _gone(names: set[str]) -> bool:
+    deadline = time.monotonic() + 5  # the kernel frees programs after an RCU grace period
+    while names & _our_programs() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return not names & _our_programs()
+
+
+def test_a_sensor_start_that_fails_midway_leaves_nothing_in_the_kernel():
+    from otelbpf.sensors import process_events as ev
+
+    names = {"handle_exec", "handle_fork", "handle_exit"}
+    with pytest.raises(RuntimeError, match="setup after attach failed"):
+        with loading(PROCESS_OBJECT, layouts={"process_event": ev.PROCESS_EVENT, "exec_event": ev.EXEC_EVENT},
+                     rodata={"max_args_bytes": 1024}, max_entries={"exec_scratch_map": possible_cpus()}) as obj:
+            obj.load()
+            obj.attach_all()
+            assert names <= _our_programs()
+            raise RuntimeError("setup after attach failed")
+    assert _gone(names)
+    wrong = np.dtype([("pid", "<u4")])
+    with pytest.raises(LayoutMismatchError, match="process_event"):  # refused before anything loads
+        with loading(PROCESS_OBJECT, layouts={"process_event": wrong}) as obj:
+            obj.load()
 
 
 def test_program_run_statistics_when_the_kernel_keeps_them():

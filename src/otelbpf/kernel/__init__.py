@@ -8,7 +8,7 @@ from otelbpf.kernel.errors import (
     LoadError,
     MissingPrivilegeError,
 )
-from otelbpf.kernel.objects import BpfObject, Link, Map, Program
+from otelbpf.kernel.objects import BpfObject, Link, Map, Program, loading
 
 __all__ = [
     "AttachError",
@@ -20,4 +20,5 @@ __all__ = [
     "Map",
     "MissingPrivilegeError",
     "Program",
+    "loading",
 ]

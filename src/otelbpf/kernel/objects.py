@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import ctypes
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
 
@@ -349,3 +350,25 @@ def _failed_program(log: str) -> str | None:
         if "prog '" in line:
             return line.split("prog '", 1)[1].split("'", 1)[0]
     return None
+
+
+@contextmanager
+def loading(path: Path, *, layouts: Mapping[str, np.dtype], rodata: Mapping[str, int] | None = None,
+            max_entries: Mapping[str, int] | None = None) -> Iterator[BpfObject]:
+    """The start every sensor (and the profiler) shares: open its BPF object, check each struct its decoder
+    mirrors against the object's BTF (layouts: struct name -> dtype), set its read-only
+    config and map sizes, then hand it to the block, which loads it, makes its readers and
+    attaches. If anything fails on the way, the object is closed (its programs detached,
+    its maps freed) before the error goes on: a sensor never leaves half of itself behind."""
+    obj = BpfObject(path)
+    try:
+        for struct, dtype in layouts.items():
+            obj.check_layout(struct, dtype)
+        if rodata:
+            obj.set_rodata(**rodata)
+        for name, entries in (max_entries or {}).items():
+            obj.maps[name].set_max_entries(entries)
+        yield obj
+    except BaseException:
+        obj.close()
+        raise

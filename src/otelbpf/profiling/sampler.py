@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from otelbpf.kernel import BpfObject, Program, perf
+from otelbpf.kernel import BpfObject, Program, loading, perf
 from otelbpf.kernel.ringbuf import RingBufferReader
 
 BPF_OBJECT = Path(__file__).resolve().parent.parent / "bpf" / "profile.bpf.o"
@@ -59,29 +59,24 @@ class CpuSampler:
         self._since_ns = 0
 
     def start(self) -> None:
-        obj = BpfObject(self._bpf_object)
+        sizes = {f"profile_{kind}_{gen}": self._max_stacks for kind in ("counts", "stacks") for gen in (0, 1)}
         try:
-            obj.check_layout("profile_key", PROFILE_KEY)
-            obj.check_layout("profile_pid_event", PID_EVENT)
-            obj.set_rodata(target_pid=self._pid)
-            for gen in (0, 1):
-                obj.maps[f"profile_counts_{gen}"].set_max_entries(self._max_stacks)
-                obj.maps[f"profile_stacks_{gen}"].set_max_entries(self._max_stacks)
-            obj.load()
-            self._pids = RingBufferReader(obj.maps["profile_pids"], PID_EVENT.itemsize)
-            obj.programs["profile_exec"].attach()
-            obj.programs["profile_exit"].attach()
-            program = obj.programs["profile_sample"]
-            for cpu in perf.online_cpus():
-                fd = perf.open_cpu_clock(cpu, self.hz)
-                try:
-                    program.attach_perf_event(fd)  # the link now owns fd: libbpf closes it on detach
-                except BaseException:
-                    perf.close(fd)
-                    raise
+            with loading(self._bpf_object, layouts={"profile_key": PROFILE_KEY, "profile_pid_event": PID_EVENT},
+                         rodata={"target_pid": self._pid}, max_entries=sizes) as obj:
+                obj.load()
+                self._pids = RingBufferReader(obj.maps["profile_pids"], PID_EVENT.itemsize)
+                obj.programs["profile_exec"].attach()
+                obj.programs["profile_exit"].attach()
+                program = obj.programs["profile_sample"]
+                for cpu in perf.online_cpus():
+                    fd = perf.open_cpu_clock(cpu, self.hz)
+                    try:
+                        program.attach_perf_event(fd)  # the link now owns fd: libbpf closes it on detach
+                    except BaseException:
+                        perf.close(fd)
+                        raise
         except BaseException:
-            self._obj = obj
-            self.stop()
+            self.stop()  # the reader; loading() closed the object
             raise
         self._obj = obj
         self._since_ns = time.monotonic_ns()

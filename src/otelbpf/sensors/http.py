@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from otelbpf.enrich.containers import container_id_of_pid
-from otelbpf.kernel import BpfObject, Link, Program
+from otelbpf.kernel import BpfObject, Link, Program, loading
 from otelbpf.kernel.errors import BpfError
 from otelbpf.kernel.ringbuf import RingBufferReader
 from otelbpf.sensors import http_events as he
@@ -184,34 +184,30 @@ class HttpSensor:
 
     # -- lifecycle ------------------------------------------------------------------------
     def start(self) -> None:
-        obj = BpfObject(self._bpf_object)
+        # A kept request: the kernel's struct pending, then capture_bytes of the request. The
+        # map is preallocated: fewer connections can keep a request when captures are large.
+        kept = he.PENDING_HEADER_SIZE + self._capture_bytes
+        layouts = {"http_event": he.HTTP_EVENT, "pending": he.PENDING, "self_endpoint": he.SELF_ENDPOINT}
+        rodata = {"capture_bytes": self._capture_bytes, "self_pid": self._agent_pid,
+                  "filter_pids": int(not self._selection.everything)}
+        sizes = {"http_events": self._ringbuf_bytes, "pending": min(MAX_KEPT_REQUESTS, KEPT_REQUESTS_MEMORY // kept)}
         try:
-            obj.check_layout("http_event", he.HTTP_EVENT)
-            obj.check_layout("pending", he.PENDING)
-            obj.check_layout("self_endpoint", he.SELF_ENDPOINT)
-            obj.set_rodata(capture_bytes=self._capture_bytes, self_pid=self._agent_pid,
-                           filter_pids=int(not self._selection.everything))
-            obj.maps["http_events"].set_max_entries(self._ringbuf_bytes)
-            # A kept request: the kernel's struct pending, then capture_bytes of the request. The
-            # map is preallocated: fewer connections can keep a request when captures are large.
-            kept = he.PENDING_HEADER_SIZE + self._capture_bytes
-            obj.maps["pending"].set_value_size(kept)
-            obj.maps["pending"].set_max_entries(min(MAX_KEPT_REQUESTS, KEPT_REQUESTS_MEMORY // kept))
-            obj.load()
-            # Records all have one size (header + capture_bytes): the reader's strided fast path.
-            self._reader = RingBufferReader(obj.maps["http_events"], he.HTTP_EVENT.itemsize + self._capture_bytes)
-            for prog in obj.programs.values():
-                if prog.section.startswith("tp_btf/"):
-                    prog.attach()
-            self._obj = obj
-            self._refresh_listeners()
-            if not self._selection.everything:
-                self._refresh_selection()
-            if self._tls:
-                self._attach_ssl(obj)
+            with loading(self._bpf_object, layouts=layouts, rodata=rodata, max_entries=sizes) as obj:
+                obj.maps["pending"].set_value_size(kept)
+                obj.load()
+                # Records all have one size (header + capture_bytes): the reader's strided fast path.
+                self._reader = RingBufferReader(obj.maps["http_events"], he.HTTP_EVENT.itemsize + self._capture_bytes)
+                for prog in obj.programs.values():
+                    if prog.section.startswith("tp_btf/"):
+                        prog.attach()
+                self._obj = obj
+                self._refresh_listeners()
+                if not self._selection.everything:
+                    self._refresh_selection()
+                if self._tls:
+                    self._attach_ssl(obj)
         except BaseException:
             self._obj = None
-            obj.close()
             raise
 
     def _attach_ssl(self, obj: BpfObject) -> None:

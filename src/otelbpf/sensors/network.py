@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from otelbpf.enrich.containers import find_cgroup2_root
-from otelbpf.kernel import BpfObject, Link, Program
+from otelbpf.kernel import BpfObject, Link, Program, loading
 from otelbpf.kernel.ringbuf import RingBufferReader
 from otelbpf.sensors import network_events as ne
 from otelbpf.sensors.clock import monotonic_to_unix_offset
@@ -94,15 +94,11 @@ class NetworkSensor:
         if cgroup_root is None:
             raise RuntimeError("no cgroup v2 hierarchy is mounted; mount one (mount -t cgroup2 none /sys/fs/cgroup) "
                                "or run without the network sensor")
-        obj = BpfObject(self._bpf_object)
-        try:
-            for struct, dtype in (("conn_event", ne.CONN_EVENT), ("conn_sample", ne.CONN_SAMPLE),
-                                  ("conn_owner", ne.CONN_OWNER), ("listener_key", ne.LISTENER_KEY),
-                                  ("flow_key", ne.FLOW_KEY), ("flow_value", ne.FLOW_VALUE),
-                                  ("dns_event", ne.DNS_EVENT)):
-                obj.check_layout(struct, dtype)
-            obj.set_rodata(capture_dns=int(self._capture_dns))
-            obj.maps["conn_events"].set_max_entries(self._ringbuf_bytes)
+        layouts = {"conn_event": ne.CONN_EVENT, "conn_sample": ne.CONN_SAMPLE, "conn_owner": ne.CONN_OWNER,
+                   "listener_key": ne.LISTENER_KEY, "flow_key": ne.FLOW_KEY, "flow_value": ne.FLOW_VALUE,
+                   "dns_event": ne.DNS_EVENT}
+        with loading(self._bpf_object, layouts=layouts, rodata={"capture_dns": int(self._capture_dns)},
+                     max_entries={"conn_events": self._ringbuf_bytes}) as obj:
             obj.load()
             self._conn_reader = RingBufferReader(obj.maps["conn_events"], record_size=ne.CONN_EVENT.itemsize)
             self._dns_reader = RingBufferReader(obj.maps["dns_events"])
@@ -112,9 +108,6 @@ class NetworkSensor:
             obj.programs["on_sock_create"].attach_cgroup(cgroup_root)
             obj.programs["on_egress"].attach_cgroup(cgroup_root)
             obj.programs["on_ingress"].attach_cgroup(cgroup_root)
-        except BaseException:
-            obj.close()
-            raise
         self._obj = obj
         self._started = False
         self.sample()  # adopt the listeners and connections that predate us

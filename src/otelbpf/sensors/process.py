@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from otelbpf.enrich.containers import CgroupResolver, container_id_from_cgroup
-from otelbpf.kernel import BpfObject, Program
+from otelbpf.kernel import BpfObject, Program, loading
 from otelbpf.kernel.objects import possible_cpus
 from otelbpf.kernel.ringbuf import RecordBatch, RingBufferReader
 from otelbpf.pipeline.redact import redact_args
@@ -63,22 +63,15 @@ class ProcessSensor:
 
     # -- lifecycle ------------------------------------------------------------------------
     def start(self) -> None:
-        obj = BpfObject(self._bpf_object)
-        try:
-            obj.check_layout("process_event", ev.PROCESS_EVENT)
-            obj.check_layout("exec_event", ev.EXEC_EVENT)
-            obj.set_rodata(max_args_bytes=self._max_args_bytes)
-            obj.maps["exec_scratch_map"].set_max_entries(possible_cpus())
-            obj.maps["process_events"].set_max_entries(self._ringbuf_bytes)
+        with loading(self._bpf_object, layouts={"process_event": ev.PROCESS_EVENT, "exec_event": ev.EXEC_EVENT},
+                     rodata={"max_args_bytes": self._max_args_bytes},
+                     max_entries={"exec_scratch_map": possible_cpus(), "process_events": self._ringbuf_bytes}) as obj:
             obj.load()
             self._reader = RingBufferReader(obj.maps["process_events"])
             self._backlog = Backlog(self._handle, BACKLOG_BYTES, self.name)
             # Processes already running are known before the first event arrives.
             self.table.seed_from_proc(cgroup_root=self._cgroups.root, container_id_of=container_id_from_cgroup)
             obj.attach_all()
-        except BaseException:
-            obj.close()
-            raise
         self._obj = obj
 
     def programs(self) -> list[Program]:

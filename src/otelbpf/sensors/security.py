@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from otelbpf.enrich.containers import CgroupResolver, container_id_from_cgroup
-from otelbpf.kernel import BpfObject, Program
+from otelbpf.kernel import BpfObject, Program, loading
 from otelbpf.kernel.features import has_tracepoint
 from otelbpf.kernel.ringbuf import RingBufferReader
 from otelbpf.security import events as ev
@@ -86,11 +86,9 @@ class SecuritySensor:
     def start(self) -> None:
         skip = unavailable_hooks()
         compiled = compile_policies(self._policies, enforce=self._enforce, unavailable_hooks=skip)
-        obj = BpfObject(self._bpf_object)
-        try:
-            obj.check_layout("security_event", ev.SECURITY_EVENT)
-            obj.set_rodata(host_pidns=self._host_pidns)
-            obj.maps["security_events"].set_max_entries(self._ringbuf_bytes)
+        with loading(self._bpf_object, layouts={"security_event": ev.SECURITY_EVENT},
+                     rodata={"host_pidns": self._host_pidns},
+                     max_entries={"security_events": self._ringbuf_bytes}) as obj:
             for hook in HOOKS.values():
                 for prog in hook.programs:
                     tracepoint = prog.removeprefix("sec_")
@@ -106,9 +104,6 @@ class SecuritySensor:
             for program in obj.programs.values():
                 if program.autoload and program.name not in PROCESS_PROGRAMS:
                     program.attach()
-        except BaseException:
-            obj.close()
-            raise
         self._obj = obj
 
     def reload(self, policies: list[Policy], *, enforce: bool | None = None) -> None:
