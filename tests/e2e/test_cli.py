@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
@@ -17,6 +18,7 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 from otelbpf.receiver.otlp import OtlpReceiver
 
 OTELBPF = [sys.executable, "-m", "otelbpf"]
+BYTE_SERVER = Path(__file__).resolve().parents[1] / "byte_server.py"
 OUR_PROGRAMS = {"handle_exec", "handle_fork", "handle_exit", "on_tcp_state", "sample_tcp", "on_egress", "on_ingress"}
 
 
@@ -125,13 +127,28 @@ def test_doctor_reports_this_host():
     assert "otelbpf can run here" in r.stdout
 
 
-def test_flows_shows_a_failed_connection():
-    agent = subprocess.Popen(OTELBPF + ["flows", "--once", "--duration", "3"], stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True, env=dict(os.environ, COLUMNS="200"))
+def test_flows_shows_talkers_with_their_bytes_and_a_failed_connection():
+    agent = subprocess.Popen(OTELBPF + ["flows", "--once", "--duration", "4"], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, env=dict(os.environ, COLUMNS="220"))
     time.sleep(2)  # loaded by now (the view prints after --duration)
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.1", 1), timeout=5)
+    # Three connections to a known server: 8 + 7,000 bytes up and 11,000 down each.
+    server = subprocess.Popen([sys.executable, str(BYTE_SERVER), "127.0.0.1", "3"], stdout=subprocess.PIPE, text=True)
+    port = int(server.stdout.readline())
+    for _ in range(3):
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as c:
+            c.sendall((11_000).to_bytes(8, "big") + b"q" * 7_000)
+            c.shutdown(socket.SHUT_WR)
+            while c.recv(1 << 16):
+                pass
+    server.wait(timeout=10)
     out, err = agent.communicate(timeout=60)
     assert agent.returncode == 0, err
     assert "Top talkers" in out and "Recent failed connections" in out
     assert "127.0.0.1:1" in out and "connection_refused" in out, out
+    [row] = [line for line in out.splitlines() if f"127.0.0.1:{port}" in line]
+    cells = [c.strip() for c in row.strip("│ ").split("│")]
+    process = os.path.basename(os.path.realpath(sys.executable))
+    # client and server are this test's interpreter (the server named by its listener, as in the UI)
+    assert cells == [process, process, f"127.0.0.1:{port}", "tcp", "3", "0", "20.5 KiB", "32.2 KiB"], out

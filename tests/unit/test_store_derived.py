@@ -11,12 +11,12 @@ from collections import Counter
 import duckdb
 import pytest
 
+from otelbpf.pipeline.service_map import EDGE_COLUMNS, FLOW_COLUMNS, is_loopback
 from otelbpf.profiling.model import Profile, Stack
 from otelbpf.signals.model import ProfileBatch, Resource
 from otelbpf.signals.otlp import metrics_request
 from otelbpf.signals.registry import Registry
 from otelbpf.store import Store, queries
-from otelbpf.store.network_rows import is_loopback
 from otelbpf.store.profile_rows import profile_rows
 from otelbpf.store.sink import StoreSink
 from otelbpf.store.writer import StoreWriter
@@ -186,3 +186,8 @@ def test_an_older_store_file_gains_the_new_columns(tmp_path):
         assert store.query("SELECT sum(bytes_sent) FROM service_edges").rows == [(10,)]
     finally:
         store.close()
+
+
+def test_the_service_map_rows_are_the_store_tables_columns():
+    from otelbpf.store.schema import FLOWS, SERVICE_EDGES
+    assert list(FLOW_COLUMNS) == FLOWS.column_names and list(EDGE_COLUMNS) == SERVICE_EDGES.column_names

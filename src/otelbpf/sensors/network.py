@@ -28,13 +28,13 @@ from otelbpf.kernel.ringbuf import RingBufferReader
 from otelbpf.sensors import network_events as ne
 from otelbpf.sensors.clock import monotonic_to_unix_offset
 from otelbpf.sensors.dns_pairing import DnsLookup, DnsPairing
-from otelbpf.sensors.network_tracker import KEEP_RECENT, Connection, ConnectionTracker, Edge
+from otelbpf.sensors.network_tracker import KEEP_RECENT, Connection, ConnectionTracker
 from otelbpf.sensors.socket_adoption import adopt, socket_owners
 from otelbpf.signals.counters import CounterDeltas
 from otelbpf.signals.model import LogBatch, LogRecord, Resource
 from otelbpf.signals.registry import Registry
 
-__all__ = ["Connection", "DnsLookup", "Edge", "NetworkSensor", "socket_owners"]
+__all__ = ["Connection", "DnsLookup", "NetworkSensor", "socket_owners"]
 
 BPF_OBJECT = Path(__file__).resolve().parent.parent / "bpf" / "network.bpf.o"
 SCOPE = "otelbpf.sensors.network"
@@ -83,10 +83,10 @@ class NetworkSensor:
     def listeners(self) -> dict[tuple[int, int], tuple[int, str]]:
         return self.tracker.listeners
 
-    def snapshot(self) -> tuple[list[Connection], list[Edge]]:
-        """Open connections and service-map edges, for live views."""
+    def open_connections(self) -> list[Connection]:
+        """The connections open now, for live views."""
         with self._lock:
-            return self.tracker.open_connections(), list(self.tracker.edges.values())
+            return self.tracker.open_connections()
 
     # -- lifecycle ------------------------------------------------------------------------
     def start(self) -> None:

@@ -1,5 +1,6 @@
-"""The network sensor's state, from decoded kernel records: open connections, listeners, the
-service map's edges, recently closed connections, and the metrics and log records they make.
+"""The network sensor's state, from decoded kernel records: open connections, listeners,
+recently closed connections, and the metrics and log records they make (the service map is
+derived from those metrics, once, by pipeline.service_map).
 
 No kernel access: the sensor (sensors.network) hands it numpy records of the layouts in
 sensors.network_events, and unit tests hand it records they build. Counters of a connection
@@ -10,7 +11,6 @@ closed between two walks are counted in bulk, per (process, role, peer, port).
 from __future__ import annotations
 
 import collections
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -24,7 +24,6 @@ SENSOR = "network"
 DURATION_BOUNDS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 1800, 3600)
 RTT_BOUNDS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1)
 KEEP_RECENT = 4096  # closed connections kept for views and tests
-MAX_EDGES = 10_000  # service-map edges; the least recently seen go first
 
 
 @dataclass(slots=True)
@@ -55,21 +54,6 @@ class Connection:
         return self.peer_port if self.role == "client" else self.local_port
 
 
-@dataclass(slots=True)
-class Edge:
-    """One arrow of the service map: a process talking to a peer service."""
-
-    process: str
-    peer_address: str
-    peer_port: int
-    transport: str
-    peer_name: str | None = None
-    connections: int = 0
-    bytes_sent: int = 0
-    bytes_received: int = 0
-    last_seen_unix_nano: int = 0
-
-
 class ConnectionTracker:
     def __init__(self, registry: Registry, process_name: Callable[[int, object], str],
                  peer_names: Mapping[str, str], clock_offset: int, connection_logs: bool = False) -> None:
@@ -83,7 +67,6 @@ class ConnectionTracker:
         self._missing_once: set[int] = set()  # open connections the last socket walk did not see
         self.closed: collections.deque[Connection] = collections.deque(maxlen=KEEP_RECENT)
         self.listeners: dict[tuple[int, int], tuple[int, str]] = {}  # (family, port) -> (pid, process)
-        self.edges: dict[tuple[str, str, int, str], Edge] = {}
         r = registry
         self._drops = r.counter("otelbpf.sensor.dropped", "Events the kernel could not queue or store", "{event}")
         self._connections = r.counter("otelbpf.network.tcp.connections", "TCP connections established", "{connection}")
@@ -126,7 +109,7 @@ class ConnectionTracker:
                 local_port=int(flow["local_port"]), peer_address=ne.address(family, bytes(flow["peer_addr"])),
                 peer_port=int(flow["peer_port"]), start_ns=int(owner["start_ns"]))
             self._open[sock] = conn
-            self._count_new(conn, time.monotonic_ns())
+            self._count_new(conn)
         self._update_counters(conn, sample["counters"])
         self._report_io(conn)
 
@@ -157,10 +140,6 @@ class ConnectionTracker:
                     if npackets:
                         self._io.add(int(nbytes), {**attrs, "network.io.direction": direction})
                         self._packets.add(int(npackets), {**attrs, "network.io.direction": direction})
-                edge = self._edge(process, peer, int(flow["peer_port"]), "udp")
-                edge.bytes_sent += int(value["tx_bytes"])
-                edge.bytes_received += int(value["rx_bytes"])
-                edge.last_seen_unix_nano = time.time_ns()
 
     # -- connections ----------------------------------------------------------------------
     def conn_events(self, events: np.ndarray, records: list[LogRecord]) -> None:
@@ -201,13 +180,9 @@ class ConnectionTracker:
             self._drops.add(1, {"sensor": SENSOR, "reason": "close_event_lost"})
         self._missing_once = missing - self._missing_once
 
-    def _count_new(self, conn: Connection, ktime_ns: int) -> None:
+    def _count_new(self, conn: Connection) -> None:
         """A connection counted once: when a socket walk first sees it, or at its close."""
         self._connections.add(1, self._conn_attrs(conn))
-        if conn.role == "client":
-            edge = self._edge(conn.process, conn.peer_address, conn.server_port, "tcp")
-            edge.connections += 1
-            edge.last_seen_unix_nano = self._unix(ktime_ns)
 
     def _close_one(self, e: np.void, records: list[LogRecord]) -> None:
         conn = self._open.get(int(e["sock"]))
@@ -215,7 +190,7 @@ class ConnectionTracker:
             del self._open[conn.sock]
         else:  # never seen open (or another connection now has its address)
             conn = self._new_connection(e)
-            self._count_new(conn, int(e["ktime_ns"]))
+            self._count_new(conn)
         conn.end_ns = int(e["ktime_ns"])
         self._update_counters(conn, e["counters"])
         if ne.failure_reason(int(e["sk_err"])) == "connection_reset":
@@ -259,7 +234,6 @@ class ConnectionTracker:
         count = np.bincount(inverse, minlength=len(groups))
         duration = (closes["ktime_ns"] - closes["start_ns"]) / 1e9
         srtt = counters["srtt_us"] / 1e6
-        last_seen = self._unix(int(closes["ktime_ns"].max()))
         for g, key in enumerate(groups):
             pid, family = int(key["pid"]), int(key["family"])
             # The kernel's name of the process, should it be gone before we ask /proc.
@@ -281,12 +255,6 @@ class ConnectionTracker:
             short = {"process.executable.name": conn.process, "otelbpf.network.role": conn.role}
             self._duration.record_many(duration[members], short)
             self._rtt.record_many(srtt[members & (srtt > 0)], short)
-            if conn.role == "client":
-                edge = self._edge(conn.process, conn.peer_address, conn.server_port, "tcp")
-                edge.connections += int(count[g])
-                edge.bytes_sent += int(per_group["sent"][g])
-                edge.bytes_received += int(per_group["received"][g])
-                edge.last_seen_unix_nano = last_seen
         # The most recent ones, one by one, for views and the closed-connection log.
         for i in range(max(0, n - KEEP_RECENT // 4), n):
             conn = self._new_connection(closes[i])
@@ -338,10 +306,6 @@ class ConnectionTracker:
             self._packets.add(segs_out, {**attrs, "network.io.direction": "transmit"})
         if segs_in:
             self._packets.add(segs_in, {**attrs, "network.io.direction": "receive"})
-        if conn.role == "client" and (sent or received):
-            edge = self._edge(conn.process, conn.peer_address, conn.server_port, "tcp")
-            edge.bytes_sent += sent
-            edge.bytes_received += received
 
     def _conn_attrs(self, conn: Connection) -> dict:
         attrs = {"process.executable.name": conn.process, "network.transport": "tcp",
@@ -375,19 +339,6 @@ class ConnectionTracker:
         if name:
             attrs["server.address"] = name
         return LogRecord(self._unix(conn.end_ns), event, severity, None, attrs)
-
-    def _edge(self, process: str, peer: str, port: int, transport: str) -> Edge:
-        key = (process, peer, port, transport)
-        edge = self.edges.get(key)
-        if edge is None:
-            if len(self.edges) >= MAX_EDGES:  # drop the stalest tenth at once, not one per insert
-                stale = sorted(self.edges, key=lambda k: self.edges[k].last_seen_unix_nano)[: MAX_EDGES // 10]
-                for k in stale:
-                    del self.edges[k]
-            edge = self.edges[key] = Edge(process, peer, port, transport)
-        if edge.peer_name is None:
-            edge.peer_name = self._peer_names.get(peer)
-        return edge
 
     def _unix(self, ktime_ns: int) -> int:
         return ktime_ns + self._clock_offset

@@ -3,7 +3,7 @@
 Times are nanoseconds since the epoch in BIGINT columns (what OTLP carries; cheap to append
 from numpy). Attributes the views and queries need are promoted to columns; the rest stay
 as JSON so any program's telemetry fits. flows and service_edges are derived at ingest from
-the network sensor's metrics (store.network_rows); profile_samples come from the profile
+the network sensor's metrics (pipeline.service_map); profile_samples come from the profile
 sensor (store.profile_rows). Columns are only ever added at the end of a table: an older
 store file gets them on open (ALTER TABLE ... ADD COLUMN IF NOT EXISTS).
 """

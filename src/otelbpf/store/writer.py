@@ -16,10 +16,10 @@ from collections.abc import Mapping, Sequence
 
 from google.protobuf.message import Message
 
+from otelbpf.pipeline.service_map import ServiceMap
 from otelbpf.signals.registry import Registry
 from otelbpf.store import retention
 from otelbpf.store.db import Columns, Store, StoreError
-from otelbpf.store.network_rows import NetworkDerivation
 from otelbpf.store.otlp_rows import ROWS_BY_SIGNAL
 from otelbpf.store.schema import FLOWS, METRIC_POINTS, SERVICE_EDGES, Table
 
@@ -45,7 +45,7 @@ class StoreWriter:
         self.retention_interval = retention_interval
         self._pending: list[tuple[Table, Columns]] = []
         self._pending_rows = 0
-        self._network = NetworkDerivation()  # flows and service-map edges from the network metrics
+        self._network = ServiceMap()  # flows and service-map edges from the network metrics
         self._mutex = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None

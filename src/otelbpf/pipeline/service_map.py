@@ -1,11 +1,14 @@
-"""Service-map edges and flows, derived at ingest from the network sensor's metrics.
+"""The service map, derived once, from the network sensor's metrics: the store's
+`service_edges` and `flows` and the `otelbpf flows` view both come from here, so they agree.
 
-The agent sends its network counters as cumulative OTLP sums (otelbpf.network.tcp.connections,
-otelbpf.network.tcp.failed_connections, otelbpf.network.io), like any other metric, to the
-receiver that feeds the store. Here each series' growth since its previous point becomes
-rows: `flows` (bytes per process and peer per export interval) and `service_edges` (client
-process -> server per interval: connections as `requests`, failed connections as `errors`,
-bytes).
+The network sensor counts cumulative sums (otelbpf.network.tcp.connections,
+otelbpf.network.tcp.failed_connections, otelbpf.network.io), like any other metric; they
+reach the store from this agent in process and from other agents through OTLP. Here each
+series' growth since its previous point becomes rows: flows (bytes per process and peer per
+interval) and edges (client process -> server per interval: connections as `requests`,
+failed connections as `errors`, bytes). Input and output are columns by name: the input has
+the store's metric_points columns, the output the columns of FLOW_COLUMNS and EDGE_COLUMNS
+(the store's flows and service_edges tables have the same).
 
 The server of an edge is named, in this order: the process listening on that port on the same
 host, when the peer is this host (a loopback address, or an address that the listener saw as
@@ -20,12 +23,21 @@ import ipaddress
 import json
 import threading
 from collections.abc import Mapping, Sequence
-
-from otelbpf.store.db import Columns as StoredColumns
-from otelbpf.store.otlp_rows import empty
-from otelbpf.store.schema import FLOWS, SERVICE_EDGES
+from typing import Any
 
 Columns = dict[str, list]
+Points = Mapping[str, Any]  # metric points by column (lists or arrays): name, kind, resource, service, attributes (JSON),
+#                                  start_unix_nano, time_unix_nano, value
+
+FLOW_COLUMNS = ("time_unix_nano", "duration_ns", "service", "pid", "process_name", "container_id", "transport",
+                "network_type", "local_address", "local_port", "peer_address", "peer_port", "bytes_sent",
+                "bytes_received", "retransmits", "attributes")
+EDGE_COLUMNS = ("time_unix_nano", "client", "server", "protocol", "requests", "errors", "duration_sum_ns",
+                "attributes", "bytes_sent", "bytes_received")
+
+
+def _empty(columns: tuple[str, ...]) -> Columns:
+    return {name: [] for name in columns}
 
 CONNECTIONS = "otelbpf.network.tcp.connections"
 FAILED = "otelbpf.network.tcp.failed_connections"
@@ -48,20 +60,20 @@ def _json(attrs: dict) -> str:
     return json.dumps(attrs, separators=(",", ":"), sort_keys=True)
 
 
-class NetworkDerivation:
-    """Turns metric_points columns (as otlp_rows.metric_rows makes them) into flows and
-    service_edges rows. Thread-safe: the receiver's gRPC and HTTP threads share one."""
+class ServiceMap:
+    """Turns metric points (columns, as the store's rows of metric_points are) into flows and
+    edges. Thread-safe: the store's writer takes points from sensors and the receiver's threads."""
 
     def __init__(self) -> None:
         self._last: dict[tuple, tuple[int, float, int]] = {}  # series -> (start, value, time)
         self._listeners: dict[tuple[str, int], tuple[str, set[str]]] = {}  # (resource, port) -> (process, clients)
         self._lock = threading.Lock()
 
-    def derive(self, points: StoredColumns, attributes: Sequence[Mapping] | None = None) -> tuple[Columns, Columns]:
+    def derive(self, points: Points, attributes: Sequence[Mapping] | None = None) -> tuple[Columns, Columns]:
         """(flows, service_edges) columns for the network points among `points`; attributes:
         each point's attributes where the caller has them, else they are parsed from the JSON."""
         wanted = [i for i, name in enumerate(points["name"]) if name in NETWORK_METRICS and points["kind"][i] == "sum"]
-        flows, edges = empty(FLOWS), empty(SERVICE_EDGES)
+        flows, edges = _empty(FLOW_COLUMNS), _empty(EDGE_COLUMNS)
         if not wanted:
             return flows, edges
         if attributes is None:
@@ -100,7 +112,7 @@ class NetworkDerivation:
         if client and len(known[1]) < 1024:
             known[1].add(str(client))
 
-    def _delta(self, points: StoredColumns, i: int) -> tuple[float, int]:
+    def _delta(self, points: Points, i: int) -> tuple[float, int]:
         """Growth of the series since its previous point (all of it for a new or restarted
         series) and the nanoseconds it covers."""
         key = (points["resource"][i], points["name"][i], points["attributes"][i])
@@ -122,7 +134,7 @@ class NetworkDerivation:
         return (f"{name}:{port}" if port is not None else name), local
 
     # -- rows -----------------------------------------------------------------------------
-    def _add(self, points: StoredColumns, i: int, attrs: Mapping, delta: float, interval: int,
+    def _add(self, points: Points, i: int, attrs: Mapping, delta: float, interval: int,
              flow_rows: dict, edge_rows: dict) -> None:
         name, resource, now = points["name"][i], points["resource"][i], points["time_unix_nano"][i]
         service = points["service"][i]
