@@ -29,6 +29,7 @@ from otelbpf.export.otlp import OtlpExporter
 from otelbpf.export.otlp_settings import SIGNALS, OtlpSettings
 from otelbpf.export.prometheus import PrometheusEndpoint
 from otelbpf.kernel import features
+from otelbpf.pipeline.memory_limiter import MemoryLimiter
 from otelbpf.sensors.base import Sensor
 from otelbpf.sensors.process import ProcessSensor
 from otelbpf.signals.model import ProfileBatch, Resource
@@ -151,7 +152,9 @@ class Agent:
         if cfg.prometheus:
             host, port = parse_host_port(cfg.prometheus)
             self.prometheus = PrometheusEndpoint(self.registry, host or "0.0.0.0", port).start()
-        return sinks[0] if len(sinks) == 1 else FanoutSink(sinks)
+        sink = sinks[0] if len(sinks) == 1 else FanoutSink(sinks)
+        spike = None if cfg.memory_spike_mib is None else cfg.memory_spike_mib << 20
+        return MemoryLimiter(sink, self.registry, cfg.memory_limit_mib << 20, spike)
 
     def _start_receiver(self, handler: Callable | None = None) -> OtlpReceiver:
         from otelbpf.receiver.otlp import OtlpReceiver

@@ -28,7 +28,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 # Add a sensor's name here when its sensor lands; the default is to run all of them.
 KNOWN_SENSORS: frozenset[str] = frozenset({"process", "profile", "network", "http", "security"})
@@ -125,6 +125,10 @@ class AgentConfig(_Model):
     ringbuf_bytes: int = 4 * 1024 * 1024
     drain_interval: float = Field(0.2, gt=0, le=60)
     metrics_interval: float = Field(10.0, gt=0)
+    # The memory limiter in front of the sinks: above the limit less the spike allowance
+    # (a fifth of it unless set), events, spans and profiles are refused and counted.
+    memory_limit_mib: int = Field(512, ge=64)
+    memory_spike_mib: int | None = Field(None, ge=0)
 
     @field_validator("sensors", mode="before")
     @classmethod
@@ -173,6 +177,14 @@ class AgentConfig(_Model):
         if size <= 0 or size & (size - 1) or size % PAGE_SIZE:
             raise ValueError(f"must be a power of two and a multiple of the page size {PAGE_SIZE}")
         return size
+
+    @field_validator("memory_spike_mib")
+    @classmethod
+    def _spike_below_limit(cls, spike: int | None, info: ValidationInfo) -> int | None:
+        limit = info.data.get("memory_limit_mib")
+        if spike is not None and limit is not None and spike >= limit:
+            raise ValueError(f"must be below memory_limit_mib ({limit})")
+        return spike
 
 
 def parse_host_port(address: str) -> tuple[str, int]:
