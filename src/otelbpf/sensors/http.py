@@ -25,7 +25,7 @@ import numpy as np
 from otelbpf.enrich.containers import container_id_of_pid
 from otelbpf.kernel import BpfObject, Link, Program, loading
 from otelbpf.kernel.errors import BpfError
-from otelbpf.kernel.ringbuf import RingBufferReader
+from otelbpf.kernel.ringbuf import DRAIN_GAP, RingBufferReader
 from otelbpf.sensors import http_events as he
 from otelbpf.sensors.clock import monotonic_to_unix_offset
 from otelbpf.sensors.http_tracker import CompletedSpan, HttpTracker, Message
@@ -49,12 +49,6 @@ KEPT_REQUESTS_MEMORY = 32 << 20  # bytes for them: 4,080 connections at the larg
 SELECTION_INTERVAL = 5.0  # seconds between re-reads of which processes match the selection
 LISTENERS_INTERVAL = 5.0  # seconds between re-reads of the agent's own listening sockets
 KEEP_RECENT = 4096        # finished spans kept for live views and tests
-# The ring wakes the reader for the first record written after it caught up: a reader that
-# drained on every wake would wake (and cost an irq_work in the traced process) for nearly
-# every record at tens of thousands of messages a second. Drains are spaced at least this far
-# apart unless the ring is an eighth full (a 4 MiB ring holds about 0.1 s of nginx at 30,000
-# requests/s); after a quiet spell the first record is drained at once.
-MIN_DRAIN_GAP = 0.02
 SSL_FUNCTIONS = (("SSL_read", "ssl_rw_enter", "ssl_read_exit"), ("SSL_write", "ssl_rw_enter", "ssl_write_exit"),
                  ("SSL_read_ex", "ssl_rw_ex_enter", "ssl_read_exit"),
                  ("SSL_write_ex", "ssl_rw_ex_enter", "ssl_write_exit"))
@@ -148,7 +142,6 @@ class HttpSensor:
         self._next_selection = 0.0
         self._next_listeners = 0.0
         self._listeners: set[Listener] = set()  # the agent's own, in the kernel's self_endpoints
-        self._last_drain = 0.0
         # (pid, sock) -> (family, local address, local port, peer address, peer port); larger
         # than the kernel's http_socks so that a connection the kernel knows is known here.
         self._endpoints: collections.OrderedDict[tuple[int, int], tuple] = collections.OrderedDict()
@@ -239,12 +232,8 @@ class HttpSensor:
         if self._obj is None:
             return 0
         assert self._reader is not None  # start() sets it before _obj
-        if self._reader.wait(timeout):
-            gap = self._last_drain + MIN_DRAIN_GAP - time.monotonic()
-            if gap > 0 and self._reader.pending_bytes() < self._reader.size // 8:
-                time.sleep(gap)
+        self._reader.wait(timeout, DRAIN_GAP)  # a 4 MiB ring holds about 0.1 s of nginx at 30,000 requests/s
         n = self._drain()
-        self._last_drain = time.monotonic()
         if not self._selection.everything and time.monotonic() >= self._next_selection:
             self._refresh_selection()
         if time.monotonic() >= self._next_listeners:

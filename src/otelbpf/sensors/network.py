@@ -24,7 +24,7 @@ import numpy as np
 
 from otelbpf.enrich.containers import find_cgroup2_root
 from otelbpf.kernel import BpfObject, Link, Program, loading
-from otelbpf.kernel.ringbuf import RingBufferReader
+from otelbpf.kernel.ringbuf import DRAIN_GAP, RingBufferReader
 from otelbpf.sensors import network_events as ne
 from otelbpf.sensors.clock import monotonic_to_unix_offset
 from otelbpf.sensors.dns_pairing import DnsLookup, DnsPairing
@@ -122,7 +122,7 @@ class NetworkSensor:
             return 0
         # Woken by connection events; DNS has its own ring, taken on every turn either way.
         assert self._conn_reader is not None  # start() sets it before _obj
-        self._conn_reader.wait(min(timeout, max(self._next_sample - time.monotonic(), 0.0)))
+        self._conn_reader.wait(min(timeout, max(self._next_sample - time.monotonic(), 0.0)), DRAIN_GAP)
         n = self._drain_rings()
         if time.monotonic() >= self._next_sample:
             self.sample()

@@ -17,7 +17,7 @@ import numpy as np
 from otelbpf.enrich.containers import CgroupResolver, container_id_from_cgroup
 from otelbpf.kernel import BpfObject, Program, loading
 from otelbpf.kernel.objects import possible_cpus
-from otelbpf.kernel.ringbuf import RecordBatch, RingBufferReader
+from otelbpf.kernel.ringbuf import DRAIN_GAP, RecordBatch, RingBufferReader
 from otelbpf.pipeline.redact import redact_args
 from otelbpf.sensors import process_events as ev
 from otelbpf.sensors.backlog import Backlog
@@ -81,7 +81,7 @@ class ProcessSensor:
         if self._reader is None:
             return 0
         n = 0
-        if self._reader.wait(timeout):
+        if self._reader.wait(timeout, DRAIN_GAP):
             batch = self._reader.read()
             n = len(batch)
             assert self._backlog is not None  # start() sets it with the reader
