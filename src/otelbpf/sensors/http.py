@@ -245,6 +245,7 @@ class HttpSensor:
             return
         self._obj.detach_all()
         self._drain()
+        self._account()  # the last counts, whether or not a report was due
         assert self._reader is not None  # start() sets it before _obj
         self._reader.close()
         self._obj.close()
@@ -261,7 +262,8 @@ class HttpSensor:
             total += n
             if n == 0:
                 break
-        self._account()
+        if self._deltas.due():
+            self._account()
         return total
 
     def _drain_slice(self) -> int:

@@ -86,7 +86,8 @@ class ProcessSensor:
             n = len(batch)
             assert self._backlog is not None  # start() sets it with the reader
             self._backlog.put(batch)
-        self._account_kernel_drops()
+        if self._deltas.due():
+            self._account_kernel_drops()
         return n
 
     def flush(self, timeout: float = 10.0) -> bool:

@@ -14,6 +14,7 @@ policies), so the state stays as small as the set of series.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Hashable, Mapping
 
 from otelbpf.signals.model import AttrValue
@@ -21,9 +22,21 @@ from otelbpf.signals.registry import Counter
 
 
 class CounterDeltas:
-    def __init__(self) -> None:
+    def __init__(self, interval: float = 1.0) -> None:
+        """interval: how often due() says the totals are worth reading again (a map lookup
+        per CPU each time; once a second is what the metrics need)."""
         self._last: dict[tuple, int] = {}
         self._lock = threading.Lock()  # a sensor's drain thread and its stop() both report
+        self._interval = interval
+        self._next_read = 0.0
+
+    def due(self) -> bool:
+        """True at most once per interval; a sensor's stop() reports without asking."""
+        now = time.monotonic()
+        if now < self._next_read:
+            return False
+        self._next_read = now + self._interval
+        return True
 
     def report(self, counter: Counter, total: int, attributes: Mapping[str, AttrValue] | None = None,
                source: Hashable = None) -> int:
