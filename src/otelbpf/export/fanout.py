@@ -20,33 +20,24 @@ class FanoutSink:
     def __init__(self, sinks: Sequence[Sink]) -> None:
         self.sinks = list(sinks)
 
-    def export_logs(self, batch: LogBatch) -> None:
+    def _to_each(self, method: str, batch: object, what: str) -> None:
         for sink in self.sinks:
             try:
-                sink.export_logs(batch)
+                getattr(sink, method)(batch)
             except Exception:
-                log.exception("sink %s failed to take a log batch", sink.name)
+                log.exception("sink %s failed to take %s", sink.name, what)
+
+    def export_logs(self, batch: LogBatch) -> None:
+        self._to_each("export_logs", batch, "a log batch")
 
     def export_metrics(self, batch: MetricBatch) -> None:
-        for sink in self.sinks:
-            try:
-                sink.export_metrics(batch)
-            except Exception:
-                log.exception("sink %s failed to take a metric batch", sink.name)
+        self._to_each("export_metrics", batch, "a metric batch")
 
     def export_spans(self, batch: SpanBatch) -> None:
-        for sink in self.sinks:
-            try:
-                sink.export_spans(batch)
-            except Exception:
-                log.exception("sink %s failed to take a span batch", sink.name)
+        self._to_each("export_spans", batch, "a span batch")
 
     def export_profiles(self, batch: ProfileBatch) -> None:
-        for sink in self.sinks:
-            try:
-                sink.export_profiles(batch)
-            except Exception:
-                log.exception("sink %s failed to take a profile", sink.name)
+        self._to_each("export_profiles", batch, "a profile")
 
     def shutdown(self, timeout: float = 5.0) -> None:
         """Shuts the sinks down one after the other within one shared deadline."""

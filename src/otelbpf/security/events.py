@@ -15,6 +15,7 @@ import signal
 
 import numpy as np
 
+from otelbpf.enrich import procfs
 from otelbpf.pipeline.redact import redact_args
 from otelbpf.security.compiler import RuleInfo
 from otelbpf.security.hooks import HOOK_NAMES, SYSCALLS
@@ -58,13 +59,6 @@ def _same_process(pid: int, start_ns: int) -> bool:
     return seen is not None and abs(seen - start_ns) < 2 * NS_PER_SEC // _TICKS
 
 
-def _readlink(path: str) -> str | None:
-    try:
-        return os.readlink(path)
-    except OSError:
-        return None
-
-
 def _cmdline(pid: int) -> list[str] | None:
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
@@ -82,7 +76,7 @@ def resolve_path(path: str, pid: int, dirfd: int, start_ns: int) -> str | None:
     """A relative path as the process meant it, from its cwd or dirfd in /proc (while alive)."""
     if path.startswith("/") or not _same_process(pid, start_ns):
         return None
-    base = _readlink(f"/proc/{pid}/cwd") if dirfd == AT_FDCWD else _readlink(f"/proc/{pid}/fd/{dirfd}")
+    base = procfs.working_directory(pid) if dirfd == AT_FDCWD else procfs.fd_target(pid, dirfd)
     return os.path.normpath(os.path.join(base, path)) if base else None
 
 
@@ -115,7 +109,7 @@ def to_record(e: np.void, info: RuleInfo, *, boot_id: str, clock_offset: int, ho
     binary = _text(e["binary"])
     alive = _same_process(pid, start)
     if not binary and alive:
-        binary = (_readlink(f"/proc/{pid}/exe") or "").removesuffix(" (deleted)")
+        binary = procfs.executable(pid) or ""
     if binary:
         attrs["process.executable.path"] = binary
         attrs["process.executable.name"] = os.path.basename(binary)
@@ -132,7 +126,7 @@ def to_record(e: np.void, info: RuleInfo, *, boot_id: str, clock_offset: int, ho
             break
         name = _text(a["comm"])
         if _same_process(apid, int(a["start_time_ns"])):
-            exe = _readlink(f"/proc/{apid}/exe")
+            exe = procfs.readlink(f"/proc/{apid}/exe")
             name = os.path.basename(exe.removesuffix(" (deleted)")) if exe else name
         ancestors.append(f"{apid}:{name}")
         ancestor_ids.append(exec_id(boot_id, apid, int(a["start_time_ns"])))

@@ -12,6 +12,7 @@ import os
 
 import numpy as np
 
+from otelbpf.enrich import procfs
 from otelbpf.kernel import BpfError, BpfObject
 from otelbpf.kernel.objects import BPF_NOEXIST, possible_cpus
 from otelbpf.security.compiler import BINARY_MASKS, GENERATION_SLOTS, HOOK_CONF, LPM_DATA, Compiled, TrieKey
@@ -92,9 +93,8 @@ class PolicyMaps:
         for name in os.listdir("/proc"):
             if not name.isdigit():
                 continue
-            try:
-                exe = os.readlink(f"/proc/{name}/exe").removesuffix(" (deleted)")
-            except OSError:
+            exe = procfs.executable(int(name))
+            if exe is None:
                 continue  # kernel thread, or gone
             state = np.zeros(1, PROC_STATE)[0]
             state["masks"]["as_binary"], state["masks"]["as_parent"] = compiled.binary_masks(exe)

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from otelbpf.enrich import procfs
 from otelbpf.enrich.containers import container_id_of_pid
 from otelbpf.kernel import BpfObject, Link, Program, loading
 from otelbpf.kernel.errors import BpfError
@@ -90,9 +91,8 @@ class Selection:
             for entry in os.scandir(proc):
                 if not entry.name.isdigit():
                     continue
-                try:
-                    path = os.readlink(f"{entry.path}/exe")
-                except OSError:
+                path = procfs.executable(int(entry.name), proc)
+                if path is None:
                     continue
                 if fnmatch.fnmatch(path, self.executable) or fnmatch.fnmatch(os.path.basename(path), self.executable):
                     selected.add(int(entry.name))
@@ -409,11 +409,8 @@ class HttpSensor:
         executable's name (the kernel's comm when the process is already gone)."""
         resource = self._resources.get(pid)
         if resource is None:
-            try:
-                path = os.readlink(f"/proc/{pid}/exe")
-            except OSError:
-                path = ""
-            name = os.path.basename(path) or comm.rstrip(b"\0").decode("utf-8", "replace") or "unknown"
+            path = procfs.executable(pid) or ""
+            name = procfs.executable_name(pid, comm) if not path else os.path.basename(path)
             attrs = {**self._resource.as_dict(), "service.name": name, "process.pid": pid,
                      "process.executable.name": name}
             if path:

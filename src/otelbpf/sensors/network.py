@@ -14,7 +14,6 @@ the agent).
 from __future__ import annotations
 
 import collections
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -22,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from otelbpf.enrich import procfs
 from otelbpf.enrich.containers import find_cgroup2_root
 from otelbpf.kernel import BpfObject, Link, Program, loading
 from otelbpf.kernel.ringbuf import DRAIN_GAP, RingBufferReader
@@ -212,11 +212,7 @@ class NetworkSensor:
         """Executable name of a pid (cached), else the kernel's comm, else "unknown"."""
         name = self._process_names.get(pid)
         if name is None:
-            try:
-                name = os.path.basename(os.readlink(f"/proc/{pid}/exe")) if pid else None
-            except OSError:
-                name = None
-            name = name or (bytes(comm).rstrip(b"\0").decode("utf-8", "replace") if comm else "") or "unknown"
+            name = procfs.executable_name(pid, bytes(comm) if comm else b"")
             if len(self._process_names) > 4 * KEEP_RECENT:
                 self._process_names.clear()
             self._process_names[pid] = name

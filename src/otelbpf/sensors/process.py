@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from otelbpf.enrich import procfs
 from otelbpf.enrich.containers import CgroupResolver, container_id_from_cgroup
 from otelbpf.kernel import BpfObject, Program, loading
 from otelbpf.kernel.objects import possible_cpus
@@ -140,7 +141,7 @@ class ProcessSensor:
             exe_path=exe_path,
             args=details.args, uid=int(head["uid"]), gid=int(head["gid"]), cgroup_id=int(head["cgroup_id"]),
             container_id=container_id_from_cgroup(cgroup_path) if cgroup_path else None,
-            cwd=_readlink(f"/proc/{pid}/cwd"))
+            cwd=procfs.working_directory(pid))
         self._execs.add(1, {"process.executable.name": info.exe_name})
         args = details.args if self._keep_secret_args else redact_args(details.args)
         attrs = self._process_attributes(info)
@@ -191,15 +192,8 @@ class ProcessSensor:
         return attrs
 
 
-def _readlink(path: str) -> str | None:
-    try:
-        return os.readlink(path)
-    except OSError:
-        return None  # the process is already gone, or exec'd again
-
-
 def _resolve_exe_path(pid: int, filename: str) -> str:
     """An absolute executable path: execve's own if absolute, else what /proc says now."""
     if filename.startswith("/"):
         return os.path.normpath(filename)
-    return _readlink(f"/proc/{pid}/exe") or filename
+    return procfs.readlink(f"/proc/{pid}/exe") or filename

@@ -20,6 +20,8 @@ from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
+from otelbpf.enrich.procfs import readlink
+
 NS_PER_SEC = 1_000_000_000
 
 
@@ -256,7 +258,7 @@ def _read_proc(pid_dir: str, pid: int, ticks_per_sec: int, boot_id: str) -> Proc
     fields = stat[stat.rindex(")") + 2 :].split()
     ppid, start_ticks = int(fields[1]), int(fields[19])
     start_ns = start_ticks * NS_PER_SEC // ticks_per_sec
-    exe_path = _readlink(os.path.join(pid_dir, "exe")) or ""
+    exe_path = readlink(os.path.join(pid_dir, "exe")) or ""
     exe_path = exe_path.removesuffix(" (deleted)")
     with open(os.path.join(pid_dir, "cmdline"), "rb") as f:
         raw_args = f.read()
@@ -271,7 +273,7 @@ def _read_proc(pid_dir: str, pid: int, ticks_per_sec: int, boot_id: str) -> Proc
         args=_split_cmdline(raw_args),
         uid=uid,
         gid=gid,
-        cwd=_readlink(os.path.join(pid_dir, "cwd")),
+        cwd=readlink(os.path.join(pid_dir, "cwd")),
     )
 
 
@@ -279,13 +281,6 @@ def _split_cmdline(raw: bytes) -> list[str]:
     # Programs that rewrite their title (setproctitle) may drop the final NUL.
     parts = raw.removesuffix(b"\0").split(b"\0") if raw else []
     return [p.decode("utf-8", "replace") for p in parts]
-
-
-def _readlink(path: str) -> str | None:
-    try:
-        return os.readlink(path)
-    except OSError:  # kernel threads, or not permitted
-        return None
 
 
 def _read_ids(status_path: str) -> tuple[int | None, int | None]:

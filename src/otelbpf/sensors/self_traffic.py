@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from otelbpf.enrich import procfs
+
 TCP_LISTEN = "0A"
 
 
@@ -25,27 +27,10 @@ def _address(hex_addr: str) -> bytes:
     return b"".join(words).ljust(16, b"\0")
 
 
-def _socket_inodes(pid: int, proc: str) -> set[int]:
-    inodes: set[int] = set()
-    try:
-        entries = os.scandir(f"{proc}/{pid}/fd")
-    except OSError:
-        return inodes
-    with entries:
-        for fd in entries:
-            try:
-                target = os.readlink(fd.path)
-            except OSError:
-                continue
-            if target.startswith("socket:["):
-                inodes.add(int(target[8:-1]))
-    return inodes
-
-
 def own_listeners(pid: int | None = None, proc: str = "/proc") -> set[Listener]:
     """The TCP sockets process pid (default: this one) listens on."""
     pid = os.getpid() if pid is None else pid
-    inodes = _socket_inodes(pid, proc)
+    inodes = procfs.socket_inodes(pid, proc)
     found: set[Listener] = set()
     for table in ("tcp", "tcp6"):
         try:

@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from otelbpf.enrich import procfs
 from otelbpf.kernel import Map
 from otelbpf.kernel.errors import BpfError
 from otelbpf.kernel.objects import BPF_NOEXIST
@@ -69,20 +70,8 @@ def socket_owners(inodes: set[int], proc: str = "/proc") -> dict[int, int]:
     for entry in os.scandir(proc):
         if not entry.name.isdigit():
             continue
-        try:
-            fds = os.scandir(f"{proc}/{entry.name}/fd")
-        except OSError:
-            continue  # gone, or not ours to read
-        with fds:
-            for fd in fds:
-                try:
-                    target = os.readlink(fd.path)
-                except OSError:
-                    continue
-                if target.startswith("socket:["):
-                    inode = int(target[8:-1])
-                    if inode in inodes and inode not in owners:
-                        owners[inode] = int(entry.name)
+        for inode in procfs.socket_inodes(int(entry.name), proc) & inodes:
+            owners.setdefault(inode, int(entry.name))
         if len(owners) == len(inodes):
             break
     return owners
