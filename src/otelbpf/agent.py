@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 from otelbpf.config import AgentConfig, parse_host_port, parse_ui_address
 from otelbpf.enrich.containers import find_cgroup2_root
 from otelbpf.enrich.host import host_resource
+from otelbpf.enrich.identity import IdentityTable
 from otelbpf.export.base import Sink
 from otelbpf.export.console import ConsoleSink, JsonLinesSink
 from otelbpf.export.fanout import FanoutSink
@@ -101,6 +102,7 @@ class Agent:
         self._reload = threading.Event()  # SIGHUP: load the security policies again
         self._policy_fingerprint: tuple = ()
         self._threads: list[threading.Thread] = []
+        self.identities = IdentityTable(self.resource)  # who each process is, for every sensor
 
     # -- start ----------------------------------------------------------------------------
     def start(self) -> None:
@@ -237,14 +239,15 @@ class Agent:
             from otelbpf.sensors.network import NetworkSensor
             return NetworkSensor(self._opened_sink().export_logs, self.registry, self.resource,
                                  sample_interval=cfg.network.sample_interval, capture_dns=cfg.network.capture_dns,
-                                 connection_logs=cfg.network.connection_logs, ringbuf_bytes=cfg.ringbuf_bytes)
+                                 connection_logs=cfg.network.connection_logs, ringbuf_bytes=cfg.ringbuf_bytes,
+                                 identities=self.identities)
         if name == "http":
             from otelbpf.sensors.http import HttpSensor, Selection, parse_ports
             http = cfg.http
             selection = Selection(parse_ports(http.open_ports or ""), http.executable)
             return HttpSensor(self._opened_sink().export_spans, self.registry, self.resource,
                               capture_bytes=http.capture_bytes, selection=selection, tls=http.tls,
-                              ringbuf_bytes=cfg.ringbuf_bytes)
+                              ringbuf_bytes=cfg.ringbuf_bytes, identities=self.identities)
         if name == "security":
             return self._make_security_sensor()
         raise AgentError(f"unknown sensor {name!r}")

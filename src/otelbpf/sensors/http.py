@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from otelbpf.enrich import procfs
-from otelbpf.enrich.containers import container_id_of_pid
+from otelbpf.enrich.identity import IdentityTable
 from otelbpf.kernel import BpfObject, Link, Program, loading
 from otelbpf.kernel.errors import BpfError
 from otelbpf.kernel.ringbuf import DRAIN_GAP, RingBufferReader
@@ -122,10 +122,11 @@ class HttpSensor:
     def __init__(self, emit: Callable[[SpanBatch], None], registry: Registry, resource: Resource, *,
                  capture_bytes: int = 256, selection: Selection = Selection(), tls: bool = True,
                  ringbuf_bytes: int = 4 << 20, bpf_object: Path = BPF_OBJECT, libssl: str = LIBSSL,
-                 agent_pid: int | None = None):
+                 agent_pid: int | None = None, identities: IdentityTable | None = None):
         """agent_pid: the process whose traffic, and that of its connections' far ends, is left
         out (default: this one, the agent; 0: none, for a program that embeds the sensor and is
-        itself a client it wants traced)."""
+        itself a client it wants traced). identities: the agent's table of process identities
+        (shared with its other sensors); by default one of its own."""
         if not 16 <= capture_bytes <= he.MAX_CAPTURE:
             raise ValueError(f"capture_bytes must be within 16..{he.MAX_CAPTURE}, got {capture_bytes}")
         self._emit = emit
@@ -148,7 +149,7 @@ class HttpSensor:
         self._no_endpoints = 0
         self._selected: set[int] = set()
         self._pending: list[CompletedSpan] = []
-        self._resources: dict[int, Resource] = {}
+        self.identities = identities or IdentityTable(resource)
         self.tls_attached = False
         self.tls_error: str | None = None  # why the libssl uprobes are not attached
         self.recent: collections.deque[CompletedSpan] = collections.deque(maxlen=KEEP_RECENT)
@@ -282,7 +283,7 @@ class HttpSensor:
             local, peer = heads["local_addr"].tolist(), heads["peer_addr"].tolist()
             # Name processes now, while short-lived clients (curl) are still there to be read.
             # (The kernel sends the command name with a connection's first message only.)
-            new = set(columns[2]) - self._resources.keys()
+            new = {pid for pid in set(columns[2]) if not self.identities.known(pid)}
             if new:
                 comms = heads["comm"].tolist()
                 names = {}
@@ -405,23 +406,8 @@ class HttpSensor:
         return str(dict(resource.attributes).get("service.name", "unknown"))
 
     def _process_resource(self, pid: int, comm: bytes = b"") -> Resource:
-        """The host's resource plus the process and its container: service.name is the
-        executable's name (the kernel's comm when the process is already gone)."""
-        resource = self._resources.get(pid)
-        if resource is None:
-            path = procfs.executable(pid) or ""
-            name = procfs.executable_name(pid, comm) if not path else os.path.basename(path)
-            attrs = {**self._resource.as_dict(), "service.name": name, "process.pid": pid,
-                     "process.executable.name": name}
-            if path:
-                attrs["process.executable.path"] = path
-            container = container_id_of_pid(pid)
-            if container:
-                attrs["container.id"] = container
-            if len(self._resources) >= 4 * KEEP_RECENT:
-                self._resources.clear()
-            resource = self._resources[pid] = Resource.of(attrs)
-        return resource
+        """The host's resource plus the process and its container (enrich.identity)."""
+        return self.identities.resource(pid, comm)
 
 
 def _listener_key(listener: Listener) -> bytes:

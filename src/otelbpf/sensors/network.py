@@ -21,14 +21,14 @@ from pathlib import Path
 
 import numpy as np
 
-from otelbpf.enrich import procfs
 from otelbpf.enrich.containers import find_cgroup2_root
+from otelbpf.enrich.identity import IdentityTable
 from otelbpf.kernel import BpfObject, Link, Program, loading
 from otelbpf.kernel.ringbuf import DRAIN_GAP, RingBufferReader
 from otelbpf.sensors import network_events as ne
 from otelbpf.sensors.clock import monotonic_to_unix_offset
 from otelbpf.sensors.dns_pairing import DnsLookup, DnsPairing
-from otelbpf.sensors.network_tracker import KEEP_RECENT, Connection, ConnectionTracker
+from otelbpf.sensors.network_tracker import Connection, ConnectionTracker
 from otelbpf.sensors.socket_adoption import adopt, socket_owners
 from otelbpf.signals.counters import CounterDeltas
 from otelbpf.signals.model import LogBatch, LogRecord, Resource
@@ -46,7 +46,10 @@ class NetworkSensor:
 
     def __init__(self, emit: Callable[[LogBatch], None], registry: Registry, resource: Resource, *,
                  sample_interval: float = 10.0, ringbuf_bytes: int = 4 << 20, capture_dns: bool = True,
-                 connection_logs: bool = False, bpf_object: Path = BPF_OBJECT):
+                 connection_logs: bool = False, bpf_object: Path = BPF_OBJECT,
+                 identities: IdentityTable | None = None):
+        """identities: the agent's table of process identities (shared with its other
+        sensors); by default one of its own."""
         self._emit = emit
         self._resource = resource
         self._sample_interval = sample_interval
@@ -61,7 +64,7 @@ class NetworkSensor:
         self._next_sample = 0.0
         self._lock = threading.Lock()  # views read what the drain thread writes
         self._started = False  # the first socket walk adopts what predates us; later ones do not
-        self._process_names: dict[int, str] = {}
+        self._identities = identities or IdentityTable(resource)
         self._deltas = CounterDeltas()
         self.dns = DnsPairing(registry, self._process_name, clock_offset)
         self.tracker = ConnectionTracker(registry, self._process_name, self.dns.names_by_address, clock_offset,
@@ -209,11 +212,5 @@ class NetworkSensor:
 
     # -- helpers --------------------------------------------------------------------------
     def _process_name(self, pid: int, comm) -> str:
-        """Executable name of a pid (cached), else the kernel's comm, else "unknown"."""
-        name = self._process_names.get(pid)
-        if name is None:
-            name = procfs.executable_name(pid, bytes(comm) if comm else b"")
-            if len(self._process_names) > 4 * KEEP_RECENT:
-                self._process_names.clear()
-            self._process_names[pid] = name
-        return name
+        """Executable name of a pid, else the kernel's comm, else "unknown" (enrich.identity)."""
+        return self._identities.of(pid, bytes(comm) if comm else b"").executable_name
