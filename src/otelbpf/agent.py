@@ -221,7 +221,8 @@ class Agent:
             return ProcessSensor(self._opened_sink().export_logs, self.registry, self.resource,
                                  max_args_bytes=cfg.process.max_args_bytes,
                                  keep_secret_args=cfg.process.keep_secret_args,
-                                 table_size=cfg.process.table_size, ringbuf_bytes=cfg.ringbuf_bytes)
+                                 table_size=cfg.process.table_size, ringbuf_bytes=cfg.ringbuf_bytes,
+                                 identities=self.identities)
         if name == "profile":
             from otelbpf.profiling.files import PprofDirectory
             from otelbpf.sensors.profile import SCOPE as PROFILE_SCOPE

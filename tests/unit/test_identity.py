@@ -39,3 +39,11 @@ def test_the_table_is_bounded_least_recently_used_first():
         table.of(GONE + i, b"p")
     assert not table.known(GONE) and table.known(GONE + 40)
     assert sum(table.known(GONE + i) for i in range(41)) == 23
+
+
+def test_an_exec_makes_the_next_lookup_read_the_process_again():
+    table = IdentityTable(HOST)
+    assert table.of(GONE, b"sh").executable_name == "sh"
+    table.executed(GONE)  # it ran another program: the old name is not kept
+    assert not table.known(GONE)
+    assert table.of(GONE, b"nginx").executable_name == "nginx"

@@ -54,6 +54,13 @@ class IdentityTable:
         """The resource of pid's telemetry: the host's, the process's and its service.name."""
         return self._entry(pid, comm)[1]
 
+    def executed(self, pid: int) -> None:
+        """pid ran a new program (the process sensor's exec event): the next sensor to ask reads
+        it again, from /proc/PID/exe as every other process is read (the kernel's resolved path,
+        not execve's possibly symlinked one), so every process is named the same way."""
+        with self._lock:
+            self._known.pop(pid, None)
+
     def known(self, pid: int) -> bool:
         with self._lock:
             return pid in self._known

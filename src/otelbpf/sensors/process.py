@@ -16,6 +16,7 @@ import numpy as np
 
 from otelbpf.enrich import procfs
 from otelbpf.enrich.containers import CgroupResolver, container_id_from_cgroup
+from otelbpf.enrich.identity import IdentityTable
 from otelbpf.kernel import BpfObject, Program, loading
 from otelbpf.kernel.objects import possible_cpus
 from otelbpf.kernel.ringbuf import DRAIN_GAP, RecordBatch, RingBufferReader
@@ -39,8 +40,11 @@ class ProcessSensor:
 
     def __init__(self, emit: Callable[[LogBatch], None], registry: Registry, resource: Resource, *,
                  max_args_bytes: int = 4096, keep_secret_args: bool = False, table_size: int = 32768,
-                 ringbuf_bytes: int = 4 << 20, bpf_object: Path = BPF_OBJECT):
+                 ringbuf_bytes: int = 4 << 20, bpf_object: Path = BPF_OBJECT,
+                 identities: IdentityTable | None = None):
+        """identities: the agent's table of process identities, told of every exec."""
         self._emit = emit
+        self._identities = identities
         self._resource = resource
         self._max_args_bytes = max_args_bytes
         self._keep_secret_args = keep_secret_args
@@ -142,6 +146,8 @@ class ProcessSensor:
             args=details.args, uid=int(head["uid"]), gid=int(head["gid"]), cgroup_id=int(head["cgroup_id"]),
             container_id=container_id_from_cgroup(cgroup_path) if cgroup_path else None,
             cwd=procfs.working_directory(pid))
+        if self._identities is not None:
+            self._identities.executed(pid)
         self._execs.add(1, {"process.executable.name": info.exe_name})
         args = details.args if self._keep_secret_args else redact_args(details.args)
         attrs = self._process_attributes(info)
