@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import mmap
 import select
+import struct
 import time
 from dataclasses import dataclass
 
@@ -30,6 +31,7 @@ BUSY_BIT = 1 << 31
 DISCARD_BIT = 1 << 30
 HEADER_SIZE = 8
 PAGE_SIZE = mmap.PAGESIZE
+_HEADER = struct.Struct("<I")  # a record header's length word
 
 
 def record_stride(payload: int) -> int:
@@ -60,9 +62,9 @@ class RecordBatch:
             return np.zeros(0, dtype=dtype)
         if (self.lengths < dtype.itemsize).any():
             raise ValueError(f"records shorter than {dtype.itemsize} bytes in batch")
-        if self.lengths.min() == self.lengths.max():
-            # Uniform records sit at a fixed stride in data: a strided view, no copy.
-            stride = record_stride(int(self.lengths[0]))
+        stride = record_stride(int(self.lengths[0]))
+        if self.lengths.min() == self.lengths.max() and (n == 1 or (np.diff(self.offsets) == stride).all()):
+            # Uniform records at a fixed stride in data (none discarded between): a strided view, no copy.
             return np.ndarray((n,), dtype=dtype, buffer=self.data, offset=int(self.offsets[0]), strides=(stride,))
         idx = self.offsets[:, None] + np.arange(dtype.itemsize)
         return self.data[idx].view(dtype).reshape(n)
@@ -159,8 +161,11 @@ class RingBufferReader:
             prod = min(prod, cons + max_bytes)
         if prod <= cons:
             return _EMPTY
+        # Where each record starts, as runs of fixed-size records (numpy) and single records
+        # walked header by header (a struct unpack each); the bytes are then copied once.
         runs: list[tuple[int, int, int]] = []  # (ring position, record count, payload length), in ring order
         pos = cons
+        data, mask, unpack = self._producer, self._mask, _HEADER.unpack_from
         while pos < prod:
             if self._stride:
                 n = self._fixed_run(pos, prod)
@@ -170,7 +175,7 @@ class RingBufferReader:
                     continue
             if prod - pos < HEADER_SIZE:
                 break
-            header = int(self._bytes[PAGE_SIZE + (pos & self._mask):][:4].view(np.uint32)[0])
+            header = unpack(data, PAGE_SIZE + (pos & mask))[0]
             if header & BUSY_BIT:
                 break  # not committed yet: records behind it must wait too
             length = header & ~(BUSY_BIT | DISCARD_BIT)
@@ -179,7 +184,7 @@ class RingBufferReader:
             pos += record_stride(length)
         if self._order.fence_acquire is not None and runs:
             self._order.fence_acquire()  # the headers above, before the records they guard
-        batch = self._gather(runs)
+        batch = self._gather(cons, pos, runs)
         self._set_consumer_pos(pos)
         self.records_read += len(batch)
         self.bytes_read += pos - cons
@@ -195,21 +200,25 @@ class RingBufferReader:
         bad = np.flatnonzero(headers != self._record_size)
         return int(bad[0]) if len(bad) else n
 
-    def _gather(self, runs: list[tuple[int, int, int]]) -> RecordBatch:
-        """Copy the runs out of the ring (headers included) into one array, in ring order."""
+    def _gather(self, cons: int, end: int, runs: list[tuple[int, int, int]]) -> RecordBatch:
+        """One copy of the ring from cons to end (the data area is mapped twice, so it is
+        contiguous even across the wrap; discarded records' bytes come along, unused), and
+        where each record's payload starts in it."""
         if not runs:
             return _EMPTY
-        parts, offsets, lengths, base = [], [], [], 0
-        for pos, n, length in runs:
-            stride = record_stride(length)
-            start = PAGE_SIZE + (pos & self._mask)
-            parts.append(self._bytes[start:start + n * stride])
-            offsets.append(base + HEADER_SIZE + np.arange(n, dtype=np.int64) * stride)
-            lengths.append(np.full(n, length, dtype=np.uint32))
-            base += n * stride
-        if len(parts) == 1:
-            return RecordBatch(parts[0].copy(), offsets[0], lengths[0])
-        return RecordBatch(np.concatenate(parts), np.concatenate(offsets), np.concatenate(lengths))
+        start = PAGE_SIZE + (cons & self._mask)
+        data = self._bytes[start:start + (end - cons)].copy()
+        if len(runs) == 1:
+            pos, n, length = runs[0]
+            offsets = pos - cons + HEADER_SIZE + np.arange(n, dtype=np.int64) * record_stride(length)
+            return RecordBatch(data, offsets, np.full(n, length, dtype=np.uint32))
+        if all(n == 1 for _, n, _ in runs):  # variable-length records: no numpy per record
+            offsets = np.fromiter((pos - cons + HEADER_SIZE for pos, _, _ in runs), np.int64, len(runs))
+            return RecordBatch(data, offsets, np.fromiter((length for *_, length in runs), np.uint32, len(runs)))
+        offsets_parts = [pos - cons + HEADER_SIZE + np.arange(n, dtype=np.int64) * record_stride(length)
+                         for pos, n, length in runs]
+        lengths_parts = [np.full(n, length, dtype=np.uint32) for _, n, length in runs]
+        return RecordBatch(data, np.concatenate(offsets_parts), np.concatenate(lengths_parts))
 
     def close(self) -> None:
         if self._epoll is not None:

@@ -8,6 +8,7 @@ semantic-convention attributes plus counters by executable.
 
 from __future__ import annotations
 
+import collections
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -123,20 +124,29 @@ class ProcessSensor:
         heads = batch.fixed(ev.PROCESS_EVENT)
         self._events.add(len(heads), {"sensor": self.name})
         records: list[LogRecord] = []
+        # Counted per executable once per batch, not once per event (an add sorts its attributes).
+        execs: collections.Counter[str] = collections.Counter()
+        exits: collections.Counter[str] = collections.Counter()
+        forks = 0
         for i in range(len(heads)):
             head = heads[i]
             kind = int(head["type"])
             if kind == ev.FORK:
                 self.table.on_fork(int(head["pid"]), int(head["ppid"]), int(head["start_time_ns"]))
-                self._forks.add(1)
+                forks += 1
             elif kind == ev.EXEC:
-                records.append(self._exec_record(head, ev.exec_details(batch, i)))
+                records.append(self._exec_record(head, ev.exec_details(batch, i), execs))
             elif kind == ev.EXIT:
-                records.append(self._exit_record(head))
+                records.append(self._exit_record(head, exits))
+        if forks:
+            self._forks.add(forks)
+        for counter, names in ((self._execs, execs), (self._exits, exits)):
+            for name, n in names.items():
+                counter.add(n, {"process.executable.name": name})
         if records:
             self._emit(LogBatch(self._resource, SCOPE, records))
 
-    def _exec_record(self, head: np.void, details: ev.ExecDetails) -> LogRecord:
+    def _exec_record(self, head: np.void, details: ev.ExecDetails, execs: collections.Counter[str]) -> LogRecord:
         pid = int(head["pid"])
         cgroup_path = self._cgroups.resolve(int(head["cgroup_id"]))
         exe_path = _resolve_exe_path(pid, details.filename)
@@ -148,7 +158,7 @@ class ProcessSensor:
             cwd=procfs.working_directory(pid))
         if self._identities is not None:
             self._identities.executed(pid)
-        self._execs.add(1, {"process.executable.name": info.exe_name})
+        execs[info.exe_name] += 1
         args = details.args if self._keep_secret_args else redact_args(details.args)
         attrs = self._process_attributes(info)
         attrs["process.command_args"] = args
@@ -162,14 +172,14 @@ class ProcessSensor:
             attrs["process.linux.cgroup"] = cgroup_path
         return LogRecord(int(head["ktime_ns"]) + self._clock_offset, "process.exec", Severity.INFO, None, attrs)
 
-    def _exit_record(self, head: np.void) -> LogRecord:
+    def _exit_record(self, head: np.void, exits: collections.Counter[str]) -> LogRecord:
         pid = int(head["pid"])
         status = ev.exit_status(int(head["exit_code"]))
         info = self.table.get(pid)
         if info is None:  # never seen (table full or seeded late): what the event itself says
             info = self.table.on_fork(pid, int(head["ppid"]), int(head["start_time_ns"]))
         info = self.table.on_exit(pid, int(head["ktime_ns"])) or info
-        self._exits.add(1, {"process.executable.name": info.exe_name or head["comm"].decode("utf-8", "replace")})
+        exits[info.exe_name or head["comm"].decode("utf-8", "replace")] += 1
         attrs = self._process_attributes(info)
         attrs["process.exit.code"] = status.code
         if status.signal:
