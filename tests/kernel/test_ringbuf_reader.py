@@ -76,6 +76,27 @@ def test_wait_wakes_on_data(producer):
     assert len(reader.read()) == 3
 
 
+def test_reads_are_spaced_by_the_gap_unless_the_ring_fills(producer):
+    import time
+
+    reader = RingBufferReader(producer.ring, record_size=BENCH_EVENT.itemsize)
+    producer.produce(1)
+    started = time.monotonic()
+    assert reader.wait(1.0, min_gap=0.3)  # after a quiet spell: at once
+    assert time.monotonic() - started < 0.2
+    assert len(reader.read()) == 1
+    producer.produce(23)  # soon after a read: the rest of the gap is waited out, the records batch up
+    started = time.monotonic()
+    assert reader.wait(1.0, min_gap=0.3)
+    assert 0.25 <= time.monotonic() - started < 1.0
+    assert len(reader.read()) == 23
+    producer.produce(64 * 1024 // 48 // 8 + 1)  # an eighth of the ring waits: no gap
+    started = time.monotonic()
+    assert reader.wait(1.0, min_gap=0.3)
+    assert time.monotonic() - started < 0.2
+    reader.close()
+
+
 def test_concurrent_drain_loses_nothing():
     # Consumer and producer on different threads (and CPUs), the consumer reading as fast as it
     # can: every record arrives once, in order, and the kernel never finds the ring full.
