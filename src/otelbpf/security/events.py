@@ -126,8 +126,7 @@ def to_record(e: np.void, info: RuleInfo, *, boot_id: str, clock_offset: int, ho
             break
         name = _text(a["comm"])
         if _same_process(apid, int(a["start_time_ns"])):
-            exe = procfs.readlink(f"/proc/{apid}/exe")
-            name = os.path.basename(exe.removesuffix(" (deleted)")) if exe else name
+            name = procfs.executable_name(apid, name)
         ancestors.append(f"{apid}:{name}")
         ancestor_ids.append(exec_id(boot_id, apid, int(a["start_time_ns"])))
     if ancestors:

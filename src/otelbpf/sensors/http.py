@@ -291,7 +291,7 @@ class HttpSensor:
                     if pid in new and comm and pid not in names:
                         names[pid] = comm
                 for pid in new:
-                    self._process_resource(pid, names.get(pid, b""))
+                    self.identities.resource(pid, names.get(pid, b""))
             data, offsets = batch.data, batch.offsets.tolist()
             head_size = he.HTTP_EVENT.itemsize
             feed, exchange = self._tracker.feed, self._tracker.exchange
@@ -353,7 +353,7 @@ class HttpSensor:
         self.recent.extend(done)
         self._spans.add(len(done), {"sensor": self.name})
         for pid, spans in by_pid.items():
-            self._emit(SpanBatch(self._process_resource(pid), SCOPE, spans))
+            self._emit(SpanBatch(self.identities.resource(pid), SCOPE, spans))
 
     def _account(self) -> None:
         """Kernel drop counters and the tracker's skips into the registry, as deltas."""
@@ -402,12 +402,7 @@ class HttpSensor:
         self._next_listeners = time.monotonic() + LISTENERS_INTERVAL
 
     def service_name(self, pid: int) -> str:
-        resource = self._process_resource(pid)
-        return str(dict(resource.attributes).get("service.name", "unknown"))
-
-    def _process_resource(self, pid: int, comm: bytes = b"") -> Resource:
-        """The host's resource plus the process and its container (enrich.identity)."""
-        return self.identities.resource(pid, comm)
+        return self.identities.of(pid).executable_name  # what the identity's resource names it
 
 
 def _listener_key(listener: Listener) -> bytes:

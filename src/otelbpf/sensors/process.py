@@ -212,4 +212,4 @@ def _resolve_exe_path(pid: int, filename: str) -> str:
     """An absolute executable path: execve's own if absolute, else what /proc says now."""
     if filename.startswith("/"):
         return os.path.normpath(filename)
-    return procfs.readlink(f"/proc/{pid}/exe") or filename
+    return procfs.executable(pid) or filename

@@ -109,7 +109,7 @@ class Store:
         frame = {name: np.asarray(columns[name], dtype=table.numpy_dtype(name)) for name in table.column_names}
         rows = len(frame[table.column_names[0]])
         if rows:
-            con.execute(f"INSERT INTO {table.name} BY NAME SELECT * FROM frame")
+            con.execute(f"INSERT INTO {table.name} BY NAME SELECT * FROM frame")  # table names are ours
         return rows
 
     def execute(self, sql: str, params: list | None = None) -> None:
