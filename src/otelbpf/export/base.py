@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Protocol, runtime_checkable
 
-from otelbpf.signals.model import LogBatch, MetricBatch, ProfileBatch, SpanBatch
+from otelbpf.signals.model import LogBatch, MetricBatch, ProfileBatch, SpanBatch, SpanColumns
 
 
 @runtime_checkable
@@ -17,7 +17,7 @@ class Sink(Protocol):
 
     def export_metrics(self, batch: MetricBatch) -> None: ...
 
-    def export_spans(self, batch: SpanBatch) -> None: ...
+    def export_spans(self, batch: SpanBatch | SpanColumns) -> None: ...
 
     def export_profiles(self, batch: ProfileBatch) -> None:
         """A sink that does not keep profiles ignores them."""

@@ -22,6 +22,7 @@ from otelbpf.signals.model import (
     MetricKind,
     ProfileBatch,
     SpanBatch,
+    SpanColumns,
 )
 
 
@@ -119,7 +120,11 @@ class JsonLinesSink(_StreamSink):
                 lines.append(json.dumps(entry, separators=(",", ":")))
         self._write(lines)
 
-    def export_spans(self, batch: SpanBatch) -> None:
+    def export_spans(self, batch: SpanBatch | SpanColumns) -> None:
+        if isinstance(batch, SpanColumns):  # debugging sinks read span by span
+            for rows in batch.to_batches():
+                self.export_spans(rows)
+            return
         resource = _json_attributes(batch.resource.as_dict())
         self._write([
             json.dumps({
@@ -195,7 +200,11 @@ class ConsoleSink(_StreamSink):
                 lines.append(f"metric {metric.name} {value} {compact_attributes(p.attributes)}".rstrip())
         self._write(lines)
 
-    def export_spans(self, batch: SpanBatch) -> None:
+    def export_spans(self, batch: SpanBatch | SpanColumns) -> None:
+        if isinstance(batch, SpanColumns):  # debugging sinks read span by span
+            for rows in batch.to_batches():
+                self.export_spans(rows)
+            return
         lines = []
         width = None if self._full else _width(self._stream)
         service = batch.resource.as_dict().get("service.name", "?")

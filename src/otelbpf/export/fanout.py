@@ -7,7 +7,7 @@ import time
 from collections.abc import Sequence
 
 from otelbpf.export.base import Sink
-from otelbpf.signals.model import LogBatch, MetricBatch, ProfileBatch, SpanBatch
+from otelbpf.signals.model import LogBatch, MetricBatch, ProfileBatch, SpanBatch, SpanColumns
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +33,7 @@ class FanoutSink:
     def export_metrics(self, batch: MetricBatch) -> None:
         self._to_each("export_metrics", batch, "a metric batch")
 
-    def export_spans(self, batch: SpanBatch) -> None:
+    def export_spans(self, batch: SpanBatch | SpanColumns) -> None:
         self._to_each("export_spans", batch, "a span batch")
 
     def export_profiles(self, batch: ProfileBatch) -> None:

@@ -40,12 +40,12 @@ from otelbpf.export.retry import (
 )
 from otelbpf.signals import otlp as mapping
 from otelbpf.signals import otlp_profiles
-from otelbpf.signals.model import LogBatch, MetricBatch, ProfileBatch, SpanBatch
+from otelbpf.signals.model import LogBatch, MetricBatch, ProfileBatch, SpanBatch, SpanColumns
 from otelbpf.signals.otlp_json import from_json, to_json
 from otelbpf.signals.registry import Registry
 
 log = logging.getLogger(__name__)
-B = TypeVar("B", LogBatch, MetricBatch, SpanBatch, ProfileBatch)
+B = TypeVar("B", LogBatch, MetricBatch, SpanBatch | SpanColumns, ProfileBatch)
 
 @dataclass(frozen=True)
 class _Codec(Generic[B]):
@@ -65,7 +65,9 @@ def _split_logs(batch: LogBatch, n: int) -> tuple[LogBatch, LogBatch]:
     return head, LogBatch(batch.resource, batch.scope, batch.records[n:])
 
 
-def _split_spans(batch: SpanBatch, n: int) -> tuple[SpanBatch, SpanBatch]:
+def _split_spans(batch, n: int) -> tuple:
+    if isinstance(batch, SpanColumns):
+        return batch.take(slice(0, n)), batch.take(slice(n, None))
     head = SpanBatch(batch.resource, batch.scope, batch.spans[:n])
     return head, SpanBatch(batch.resource, batch.scope, batch.spans[n:])
 
@@ -75,7 +77,7 @@ def _grpc_method(service_module, service: str) -> str:
     return f"/{service_module.DESCRIPTOR.services_by_name[service].full_name}/Export"
 
 
-_CODECS: dict[str, _Codec[LogBatch] | _Codec[MetricBatch] | _Codec[SpanBatch] | _Codec[ProfileBatch]] = {
+_CODECS: dict[str, _Codec[LogBatch] | _Codec[MetricBatch] | _Codec[SpanBatch | SpanColumns] | _Codec[ProfileBatch]] = {
     "logs": _Codec(
         count=mapping.log_item_count,
         split=_split_logs,
@@ -408,7 +410,7 @@ class OtlpExporter:
     def export_metrics(self, batch: MetricBatch) -> None:
         self._enqueue("metrics", batch)
 
-    def export_spans(self, batch: SpanBatch) -> None:
+    def export_spans(self, batch: SpanBatch | SpanColumns) -> None:
         self._enqueue("traces", batch)
 
     def export_profiles(self, batch: ProfileBatch) -> None:

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from otelbpf.signals.model import LogBatch, MetricBatch, ProfileBatch, SpanBatch
+from otelbpf.signals.model import LogBatch, MetricBatch, ProfileBatch, SpanBatch, SpanColumns
 from otelbpf.signals.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -83,8 +83,8 @@ class MemoryLimiter:
         if self._admit("logs", len(batch.records)):
             self.sink.export_logs(batch)
 
-    def export_spans(self, batch: SpanBatch) -> None:
-        if self._admit("traces", len(batch.spans)):
+    def export_spans(self, batch: SpanBatch | SpanColumns) -> None:
+        if self._admit("traces", len(batch) if isinstance(batch, SpanColumns) else len(batch.spans)):
             self.sink.export_spans(batch)
 
     def export_profiles(self, batch: ProfileBatch) -> None:

@@ -6,18 +6,20 @@ the encoded bytes of repeated attribute key/value pairs (executable names, conta
 exit codes repeat endlessly). Resource and scope are still built with the official classes,
 and `logs_request` parses our bytes with the official class, so both paths yield exactly the
 same message (tests compare them with a reference built field by field).
-Metrics are low volume and are built with the official classes directly; so are spans, which
-come at request rates (thousands per second), not at event rates.
+Metrics are low volume and are built with the official classes directly. Spans come as
+columns and are encoded with no Python per span (signals.otlp_spans).
 """
 
 from __future__ import annotations
 
 import struct
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from itertools import chain, repeat
 from types import MappingProxyType
 from typing import TypeVar
 
+import numpy as np
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
     ExportMetricsServiceRequest,
@@ -38,8 +40,9 @@ from otelbpf.signals.model import (
     Resource,
     Severity,
     SpanBatch,
-    SpanRecord,
+    SpanColumns,
 )
+from otelbpf.signals.otlp_spans import SpanEncoder
 
 __all__ = [
     "encode_logs_request",
@@ -72,7 +75,7 @@ _DOUBLE = struct.Struct("<d")
 
 # Bounded caches of encoded bytes; cleared when full (values like pids churn forever).
 _CACHE_LIMIT = 1 << 16
-_T = TypeVar("_T", bound=LogBatch | MetricBatch | SpanBatch)
+_T = TypeVar("_T", bound="LogBatch | MetricBatch | _SpanRows")
 
 
 def _varint(value: int) -> bytes:
@@ -528,65 +531,51 @@ def metric_item_count(batch: MetricBatch) -> int:
     return sum(len(metric.points) for metric in batch.metrics)
 
 
-# Span fields (trace.proto): the same envelope field numbers as logs, then the span itself.
-_TAG_SPAN = bytes(((2 << 3) | _LEN,))  # ScopeSpans.spans
-_TAG_TRACE_ID, _TAG_SPAN_ID, _TAG_PARENT_SPAN_ID = b"\x0a", b"\x12", b"\x22"
-_TAG_SPAN_NAME, _TAG_SPAN_KIND = b"\x2a", b"\x30"
-_SPAN_TIMES = struct.Struct("<BQBQ")  # start_time_unix_nano (7) and end_time_unix_nano (8), fixed64
-_TAG_START, _TAG_END = (7 << 3) | 1, (8 << 3) | 1
-_TAG_STATUS = bytes(((15 << 3) | _LEN,))
+# Spans are encoded from columns (signals.otlp_spans); the row form is turned into columns first.
 _span_attributes = _AttributeEncoder(bytes(((9 << 3) | _LEN,)))
-_span_names: dict[str, bytes] = {}
+_spans = SpanEncoder(_span_attributes.fields)
 
 
-def _span_name_field(name: str) -> bytes:
-    if len(_span_names) >= _CACHE_LIMIT:
-        _span_names.clear()
-    field = _span_names[name] = _length_delimited(_TAG_SPAN_NAME, name.encode("utf-8", "replace"))
-    return field
+@dataclass(slots=True)
+class _SpanRows:
+    """One resource's rows of a column batch: the unit the request's nesting groups."""
+
+    resource: Resource
+    scope: str
+    columns: SpanColumns
+    rows: np.ndarray
 
 
-def _encode_spans(spans: list[SpanRecord]) -> list[bytes]:
-    """Span bodies, span by span, from cached fields (names and attribute pairs repeat)."""
-    pack_times = _SPAN_TIMES.pack
-    attribute_fields = _span_attributes.fields
-    names = _span_names
-    rows = []
-    for span in spans:
-        parts = [_TAG_TRACE_ID, _SMALL[len(span.trace_id)], span.trace_id,
-                 _TAG_SPAN_ID, _SMALL[len(span.span_id)], span.span_id]
-        if span.parent_span_id:
-            parts += (_TAG_PARENT_SPAN_ID, _SMALL[len(span.parent_span_id)], span.parent_span_id)
-        parts.append(names.get(span.name) or _span_name_field(span.name))
-        parts += (_TAG_SPAN_KIND, _SMALL[int(span.kind)],
-                  pack_times(_TAG_START, span.start_time_unix_nano, _TAG_END, span.end_time_unix_nano))
-        parts += attribute_fields(span.attributes)
-        if span.status_code or span.status_message:
-            status = b""
-            if span.status_message:
-                status += _length_delimited(b"\x12", span.status_message.encode("utf-8", "replace"))
-            if span.status_code:
-                status += b"\x18" + _SMALL[int(span.status_code)]
-            parts.append(_length_delimited(_TAG_STATUS, status))
-        rows.append(b"".join(parts))
-    return rows
+def as_columns(batch: SpanBatch | SpanColumns) -> SpanColumns:
+    return batch if isinstance(batch, SpanColumns) else SpanColumns.from_batch(batch)
 
 
-def _encode_span_batches(batches: Iterable[SpanBatch], out: list[bytes]) -> None:
-    """Appends tagged ScopeSpans.spans fields, one per span, to out."""
+def _span_rows(batches: Iterable[SpanBatch | SpanColumns]) -> list[_SpanRows]:
+    out = []
     for batch in batches:
-        _append_fields(out, _TAG_SPAN, _encode_spans(batch.spans))
+        columns = as_columns(batch)
+        out += [_SpanRows(resource, columns.scope, columns, rows) for resource, rows in columns.by_resource()]
+    return out
 
 
-def encode_traces_request(batches: Iterable[SpanBatch]) -> bytes:
+def _encode_span_rows(parts: list[_SpanRows], out: list) -> None:
+    """Appends tagged ScopeSpans.spans fields, one per span, to out (views of the encoder's
+    scratch buffer, valid until the request is joined)."""
+    for part in parts:
+        out.append(_spans.encode(part.columns, part.rows))
+
+
+def encode_traces_request(batches: Iterable[SpanBatch | SpanColumns]) -> bytes:
     """Serialized ExportTraceServiceRequest for the batches, grouped by (resource, scope)."""
-    return _encode_export_request(batches, _encode_span_batches)
+    parts = _span_rows(batches)
+    _spans.begin()
+    return _encode_export_request(parts, _encode_span_rows)
 
 
-def traces_request(batches: Iterable[SpanBatch]) -> ExportTraceServiceRequest:
+def traces_request(batches: Iterable[SpanBatch | SpanColumns]) -> ExportTraceServiceRequest:
     """The official ExportTraceServiceRequest for the batches."""
     return ExportTraceServiceRequest.FromString(encode_traces_request(batches))
 
 
-def span_item_count(batch: SpanBatch) -> int:
-    return len(batch.spans)
+def span_item_count(batch: SpanBatch | SpanColumns) -> int:
+    return len(batch) if isinstance(batch, SpanColumns) else len(batch.spans)

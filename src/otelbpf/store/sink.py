@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import time
 
-from otelbpf.signals.model import LogBatch, MetricBatch, ProfileBatch, SpanBatch
+from otelbpf.signals.model import LogBatch, MetricBatch, ProfileBatch, SpanBatch, SpanColumns
 from otelbpf.store.model_rows import RowBuilder
 from otelbpf.store.profile_rows import profile_rows
 from otelbpf.store.schema import LOGS, PROFILE_SAMPLES, SPANS
@@ -29,8 +29,9 @@ class StoreSink:
         self._rows = RowBuilder()
         self._last_warning = -REFUSAL_LOG_INTERVAL
 
-    def export_spans(self, batch: SpanBatch) -> None:
-        self._queue(lambda: self.writer.append(SPANS, self._rows.spans(batch)))
+    def export_spans(self, batch: SpanBatch | SpanColumns) -> None:
+        for rows in batch.to_batches() if isinstance(batch, SpanColumns) else [batch]:
+            self._queue(lambda rows=rows: self.writer.append(SPANS, self._rows.spans(rows)))
 
     def export_logs(self, batch: LogBatch) -> None:
         self._queue(lambda: self.writer.append(LOGS, self._rows.logs(batch)))
