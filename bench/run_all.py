@@ -20,7 +20,8 @@ RESULTS = HERE / "RESULTS.md"
 BENCHES = {"ringbuf": "bench_ringbuf.py", "execstorm": "bench_execstorm.py", "pstorm": "bench_parallel_storm.py",
            "network": "bench_network.py",
            "export": "bench_export.py", "store": "bench_store.py",
-           "profile": "bench_profile.py", "http": "bench_http.py", "security": "bench_security.py"}
+           "profile": "bench_profile.py", "http": "bench_http.py", "security": "bench_security.py",
+           "spans": "bench_span_encoding.py"}
 MARK = "<!-- bench: {} -->"
 
 

@@ -188,21 +188,22 @@ class SpanColumns:
 
     @classmethod
     def from_batch(cls, batch: SpanBatch) -> SpanColumns:
-        """The row form's spans as columns (one shape per span, shared where a producer
-        shared an attribute set with the same name, kind and status)."""
+        """The row form's spans as columns: spans that share one attribute set (as the HTTP
+        tracker's do) and their name, kind and status share a shape."""
         spans, n = batch.spans, len(batch.spans)
         shapes: list[SpanShape] = []
         index: dict[tuple, int] = {}
-        rows = np.empty(n, np.int32)
-        for i, s in enumerate(spans):
-            key = (id(s.attributes), s.name, s.kind, s.status_code, s.status_message)
+        rows = []
+        for s in spans:
+            # int(): an IntEnum hashes in Python code, an int does not
+            key = (id(s.attributes), s.name, int(s.kind), int(s.status_code), s.status_message)
             at = index.get(key)
-            if at is None or shapes[at].attributes is not s.attributes:
+            if at is None:  # the spans hold their attributes: an id stays theirs during the loop
                 at = index[key] = len(shapes)
                 shapes.append(SpanShape(s.name, s.kind, s.attributes, s.status_code, s.status_message))
-            rows[i] = at
+            rows.append(at)
         return cls(
-            batch.scope, shapes, rows,
+            batch.scope, shapes, np.array(rows, np.int32),
             _ids([s.trace_id for s in spans], 16, "trace_id"), _ids([s.span_id for s in spans], 8, "span_id"),
             _ids([s.parent_span_id or bytes(8) for s in spans], 8, "parent_span_id"),
             np.array([s.start_time_unix_nano for s in spans], np.uint64),

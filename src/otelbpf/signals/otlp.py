@@ -562,7 +562,7 @@ def _encode_span_rows(parts: list[_SpanRows], out: list) -> None:
     """Appends tagged ScopeSpans.spans fields, one per span, to out (views of the encoder's
     scratch buffer, valid until the request is joined)."""
     for part in parts:
-        out.append(_spans.encode(part.columns, part.rows))
+        out += _spans.encode(part.columns, part.rows)
 
 
 def encode_traces_request(batches: Iterable[SpanBatch | SpanColumns]) -> bytes:

@@ -26,11 +26,13 @@ _TAG_START, _TAG_END = (7 << 3) | 1, (8 << 3) | 1  # fixed64
 _TAG_NAME, _TAG_KIND, _TAG_STATUS = 0x2A, 0x30, 0x7A
 _TAG_ATTRIBUTE = 0x4A  # Span.attributes
 _CACHE_LIMIT = 1 << 14
+FEW = 8  # spans of one layout below which they are encoded one by one
 
 # The fixed part of every span: trace id, span id, start and end.
 _IDS_WIDTH = 2 + 16 + 2 + 8
 _TIMES_WIDTH = 18
 _PARENT_WIDTH = 10
+_KINDS = [b""] + [bytes((_TAG_KIND, k)) for k in range(1, 6)]  # SpanKind 0 is left out, as proto3 does
 
 
 def _varint(value: int) -> bytes:
@@ -71,15 +73,23 @@ class SpanEncoder:
         self._attribute_fields = attribute_fields
         self._shapes: dict[int, tuple[SpanShape, bytes]] = {}
         self._int_heads: dict[str, bytes] = {}
+        self._names: dict[str, bytes] = {}
         self._scratch = threading.local()  # per exporting thread: see encode()
 
     def shape_bytes(self, shape: SpanShape) -> bytes:
         known = self._shapes.get(id(shape))
         if known is not None and known[0] is shape:
             return known[1]
-        parts = [_length_delimited(_TAG_NAME, shape.name.encode("utf-8", "replace")) if shape.name else b"",
-                 bytes((_TAG_KIND,)) + _varint(int(shape.kind)) if shape.kind else b""]
-        parts += self._attribute_fields(dict(shape.attributes))
+        name = self._names.get(shape.name)
+        if name is None:
+            if len(self._names) >= _CACHE_LIMIT:
+                self._names.clear()
+            name = self._names[shape.name] = (
+                _length_delimited(_TAG_NAME, shape.name.encode("utf-8", "replace")) if shape.name else b"")
+        parts = [name, _KINDS[shape.kind] if 0 <= shape.kind < len(_KINDS) else
+                 bytes((_TAG_KIND,)) + _varint(int(shape.kind))]
+        attributes = shape.attributes
+        parts += self._attribute_fields(attributes if type(attributes) is dict else dict(attributes))
         if shape.status_code or shape.status_message:
             status = b""
             if shape.status_message:
@@ -121,14 +131,14 @@ class SpanEncoder:
         scratch.used = used + size
         return buffer[used:used + size]
 
-    def encode(self, columns: SpanColumns, rows: np.ndarray) -> memoryview:
+    def encode(self, columns: SpanColumns, rows: np.ndarray) -> list[memoryview | bytes]:
         """The tagged ScopeSpans.spans fields of the given rows, back to back, valid until the
         next begin() of this thread. Spans of one layout are encoded together, so they come
         grouped by layout, not in row order (the order of spans in a request carries no
         meaning)."""
         n = len(rows)
         if n == 0:
-            return memoryview(b"")
+            return []
         shape_bytes = [self.shape_bytes(s) for s in columns.shapes]
         shape_lengths = np.array([len(b) for b in shape_bytes], np.int64)
         shape = columns.shape[rows].astype(np.int64)
@@ -150,10 +160,19 @@ class SpanEncoder:
         trace_id, span_id = columns.trace_id[rows], columns.span_id[rows]
         parent = columns.parent_span_id[rows]
         start, end = columns.start[rows].astype("<u8"), columns.end[rows].astype("<u8")
-        total = int(body.sum() + n + length_lengths.sum())
+        # A layout of few spans (row objects, each with its own attribute dict, are a shape
+        # each) costs more as a matrix than span by span.
+        sizes = np.diff(np.concatenate([[0], cuts, [n]]))
+        in_few = np.repeat(sizes < FEW, sizes)
+        few, many = order[in_few], order[~in_few]
+        big = sizes[sizes >= FEW]
+        groups = np.split(many, np.cumsum(big)[:-1]) if len(big) else []
+        encoded_few = self._one_by_one(few, shape_bytes, shape, has_parent, body, ints, columns, rows) \
+            if len(few) else b""
+        total = int(body[many].sum() + len(many) + length_lengths[many].sum())
         out = self._room(total)
         written = 0
-        for group in np.split(order, cuts):
+        for group in groups:
             first = group[0]
             encoded = shape_bytes[shape[first]]
             n_length = int(length_lengths[first])
@@ -187,4 +206,33 @@ class SpanEncoder:
                 m[:, at + 5 + k:at + 5 + k + used] = digits[group, :used]
                 at += k + 5 + used
         assert written == total
-        return memoryview(out.data)
+        return [memoryview(out.data), encoded_few]
+
+    @staticmethod
+    def _one_by_one(picked: np.ndarray, shape_bytes: list[bytes], shape: np.ndarray, has_parent: np.ndarray,
+                    body: np.ndarray, ints: list, columns: SpanColumns, rows: np.ndarray) -> bytes:
+        """The spans at positions `picked` (of rows), joined span by span."""
+        at = rows[picked]
+        fixed = np.empty((len(picked), _IDS_WIDTH + _TIMES_WIDTH), np.uint8)
+        fixed[:, 0], fixed[:, 1], fixed[:, 2:18] = _TAG_TRACE_ID, 16, columns.trace_id[at]
+        fixed[:, 18], fixed[:, 19], fixed[:, 20:28] = _TAG_SPAN_ID, 8, columns.span_id[at]
+        fixed[:, 28], fixed[:, 37] = _TAG_START, _TAG_END
+        fixed[:, 29:37] = columns.start[at].astype("<u8").view(np.uint8).reshape(-1, 8)
+        fixed[:, 38:46] = columns.end[at].astype("<u8").view(np.uint8).reshape(-1, 8)
+        fixed_bytes = fixed.tobytes()
+        width = fixed.shape[1]
+        parents = columns.parent_span_id[at]
+        int_values = [(key_field, values[at].tolist()) for key_field, values in
+                      ((k, columns.ints[key]) for (k, _, _), key in zip(ints, columns.ints))]
+        parts: list[bytes] = []
+        for j, (i, length, parent) in enumerate(zip(shape[picked].tolist(), body[picked].tolist(),
+                                                     has_parent[picked].tolist())):
+            parts += (b"\x12", _varint(length), fixed_bytes[j * width:(j + 1) * width])
+            if parent:
+                parts.append(b"\x22\x08" + parents[j].tobytes())
+            parts.append(shape_bytes[i])
+            for key_field, values in int_values:
+                digits = _varint(values[j])
+                parts += (bytes((_TAG_ATTRIBUTE, len(key_field) + 3 + len(digits))), key_field,
+                          bytes((0x12, 1 + len(digits), 0x18)), digits)
+        return b"".join(parts)
