@@ -1,5 +1,6 @@
 import os
 import sys
+import time
 
 from otelbpf.enrich.identity import IdentityTable
 from otelbpf.signals.model import Resource
@@ -44,6 +45,17 @@ def test_the_table_is_bounded_least_recently_used_first():
 def test_an_exec_makes_the_next_lookup_read_the_process_again():
     table = IdentityTable(HOST)
     assert table.of(GONE, b"sh").executable_name == "sh"
-    table.executed(GONE)  # it ran another program: the old name is not kept
+    table.executed(GONE, time.monotonic_ns())  # it ran another program: the old name is not kept
     assert not table.known(GONE)
     assert table.of(GONE, b"nginx").executable_name == "nginx"
+
+
+def test_an_exec_older_than_the_entry_keeps_it():
+    """The process sensor may tell of an exec after another sensor named the new program (a
+    curl that is gone by then): that name stays, not 'unknown' from a /proc that is empty."""
+    exec_ns = time.monotonic_ns()
+    table = IdentityTable(HOST)
+    assert table.of(GONE, b"curl").executable_name == "curl"
+    table.executed(GONE, exec_ns)
+    assert table.known(GONE)
+    assert table.of(GONE).executable_name == "curl"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import collections
 import threading
+import time
 from dataclasses import dataclass
 
 from otelbpf.enrich import procfs
@@ -43,7 +44,8 @@ class IdentityTable:
         self._host = host.as_dict()
         self._max = max_processes
         self._proc = proc
-        self._known: collections.OrderedDict[int, tuple[ProcessIdentity, Resource]] = collections.OrderedDict()
+        # pid -> (identity, resource, when it was read: CLOCK_MONOTONIC ns, the kernel's clock)
+        self._known: collections.OrderedDict[int, tuple[ProcessIdentity, Resource, int]] = collections.OrderedDict()
         self._lock = threading.Lock()  # sensors drain on threads of their own
 
     def of(self, pid: int, comm: bytes | str = b"") -> ProcessIdentity:
@@ -54,12 +56,16 @@ class IdentityTable:
         """The resource of pid's telemetry: the host's, the process's and its service.name."""
         return self._entry(pid, comm)[1]
 
-    def executed(self, pid: int) -> None:
-        """pid ran a new program (the process sensor's exec event): the next sensor to ask reads
-        it again, from /proc/PID/exe as every other process is read (the kernel's resolved path,
-        not execve's possibly symlinked one), so every process is named the same way."""
+    def executed(self, pid: int, at_ns: int) -> None:
+        """pid ran a new program at at_ns (the process sensor's exec event, kernel monotonic time):
+        the next sensor to ask reads it again, from /proc/PID/exe as every other process is read
+        (the kernel's resolved path, not execve's possibly symlinked one). An entry read after the
+        exec already names the new program and stays: the process sensor drains on its own
+        thread, often after another sensor has named a short-lived process that is gone now."""
         with self._lock:
-            self._known.pop(pid, None)
+            entry = self._known.get(pid)
+            if entry is not None and entry[2] < at_ns:
+                del self._known[pid]
 
     def known(self, pid: int) -> bool:
         with self._lock:
@@ -72,13 +78,14 @@ class IdentityTable:
             entry = self._known.get(pid)
             if entry is not None:
                 self._known.move_to_end(pid)
-                return entry
-        read = self._read(pid, comm)
+                return entry[0], entry[1]
+        read_ns = time.monotonic_ns()  # before the read: an exec after this makes it stale
+        identity, resource = self._read(pid, comm)
         with self._lock:
-            entry = self._known.setdefault(pid, read)
+            entry = self._known.setdefault(pid, (identity, resource, read_ns))
             while len(self._known) > self._max:
                 self._known.popitem(last=False)
-        return entry
+        return entry[0], entry[1]
 
     def _read(self, pid: int, comm: bytes | str) -> tuple[ProcessIdentity, Resource]:
         path = procfs.executable(pid, self._proc)

@@ -157,7 +157,7 @@ class ProcessSensor:
             container_id=container_id_from_cgroup(cgroup_path) if cgroup_path else None,
             cwd=procfs.working_directory(pid))
         if self._identities is not None:
-            self._identities.executed(pid)
+            self._identities.executed(pid, int(head["ktime_ns"]))
         execs[info.exe_name] += 1
         args = details.args if self._keep_secret_args else redact_args(details.args)
         attrs = self._process_attributes(info)
