@@ -1,57 +1,25 @@
-"""Container ids from cgroup paths, and cgroup v2 ids back to their paths.
-
-Recognised layouts (the innermost match wins, so nested containers name the inner one):
-  docker (cgroupfs driver)   /docker/<64hex>
-  docker (systemd driver)    /system.slice/docker-<64hex>.scope
-  containerd / CRI           .../cri-containerd-<64hex>.scope
-  CRI-O                      .../crio-<64hex>.scope
-  podman / libpod            .../libpod-<64hex>.scope[/container]
-  kubepods (cgroupfs)        /kubepods/besteffort/pod<uid>/<64hex>
-  kubepods (systemd)         /kubepods.slice/kubepods-burstable.slice/
-                                 kubepods-burstable-pod<uid>.slice/cri-containerd-<64hex>.scope
-Not containers (None): host paths, the runtimes' monitor scopes (crio-conmon-<id>.scope,
-libpod-conmon-<id>.scope: the monitor runs outside the container), and systemd-nspawn
-machines (machine.slice/machine-<name>.scope): an nspawn machine has a name, not a runtime
-container id, and container.id promises the latter; the cgroup path is still exported as
-process.linux.cgroup, so the machine stays identifiable.
-"""
+"""Container ids from cgroup paths (the layouts: enrich.cgroups), and cgroup v2 ids back to
+their paths."""
 
 from __future__ import annotations
 
 import os
-import re
 import time
 from collections import OrderedDict
 from collections.abc import Callable
 
-_CONTAINER_SCOPE = re.compile(r"^(?:docker|cri-containerd|crio|libpod)-([0-9a-f]{64})\.scope$")
-_BARE_ID = re.compile(r"^[0-9a-f]{64}$")
+from otelbpf.enrich.cgroups import cgroup_identity_of_pid, parse_cgroup_path
 
 
 def container_id_from_cgroup(path: str) -> str | None:
     """The 64-hex container id in a cgroup path such as /proc/<pid>/cgroup shows, or None."""
-    for part in reversed(path.split("/")):
-        if _BARE_ID.match(part):
-            return part
-        scope = _CONTAINER_SCOPE.match(part)
-        if scope:
-            return scope.group(1)
-    return None
+    return parse_cgroup_path(path).container_id
 
 
 def container_id_of_pid(pid: int) -> str | None:
     """The container id of a running process, from /proc/<pid>/cgroup (None: not in a
     container, or gone)."""
-    try:
-        with open(f"/proc/{pid}/cgroup", encoding="utf-8") as f:
-            lines = f.read().splitlines()
-    except OSError:
-        return None
-    for line in lines:
-        found = container_id_from_cgroup(line.split(":", 2)[-1])
-        if found:
-            return found
-    return None
+    return cgroup_identity_of_pid(pid)[0].container_id
 
 
 def find_cgroup2_root(mountinfo: str = "/proc/self/mountinfo") -> str | None:
