@@ -18,7 +18,7 @@ RUN_DEBS := clang llvm libbpf-dev libbpf1 bpftool
 TEST_DEBS := bpftrace prometheus chromium iperf3 dnsmasq-base nftables iproute2 gcc linux-perf protobuf-compiler nginx-light wrk curl openssl
 STAMP := $(BUILD)/.stamp
 
-.PHONY: run test test-unit test-kernel test-e2e lint bench setup setup-test bpf clean doctor
+.PHONY: run test test-unit test-kernel test-e2e lint bench setup setup-test bpf clean doctor deploy
 
 run: setup
 	$(VENV)/bin/otelbpf run $(ARGS)
@@ -60,6 +60,10 @@ $(STAMP)/venv: pyproject.toml
 $(STAMP)/venv-test: pyproject.toml $(STAMP)/venv
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[test]'
 	@touch $@
+
+# Plain manifests for `kubectl apply`, rendered from the Helm chart (a test checks they are fresh).
+deploy: setup-test
+	$(PY) deploy/render.py > deploy/otelbpf.yaml.tmp && mv deploy/otelbpf.yaml.tmp deploy/otelbpf.yaml
 
 BARRIERS := src/otelbpf/kernel/_barriers.so
 

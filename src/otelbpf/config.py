@@ -111,6 +111,7 @@ class AgentConfig(_Model):
     otlp_endpoint: str | None = None
     otlp_protocol: Literal["grpc", "http/protobuf", "http/json"] = "grpc"
     prometheus: str | None = None  # "host:port" serving /metrics; off when None
+    health: str | None = None  # "host:port" serving /healthz and /readyz (Kubernetes probes); off when None
     jsonl_path: str | None = None
     console: bool | None = None  # one line per event on stdout; None: on only without a collector
     console_view: Literal["compact", "full"] = "compact"  # full: every attribute, and the metrics
@@ -158,7 +159,7 @@ class AgentConfig(_Model):
                 raise ValueError("must be a URL like http://collector:4317 (scheme http or https)")
         return url
 
-    @field_validator("prometheus")
+    @field_validator("prometheus", "health")
     @classmethod
     def _prometheus_is_host_port(cls, address: str | None) -> str | None:
         if address is not None:
