@@ -1,0 +1,119 @@
+"""What every L7 session parser shares: the two directions of a connection, the exchange a
+request and its response make, and a bounded byte buffer that reassembles one direction.
+
+Pure: a session is fed the bytes of one connection in order, each chunk with its direction
+and a timestamp, and returns the exchanges that chunk completed. Malformed input is counted
+in the session's counters and never raises.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from enum import IntEnum
+
+# A message still incomplete after this many buffered bytes is given up (counted "oversize"):
+# per-connection state stays bounded whatever a peer sends.
+MAX_BUFFER = 1 << 20
+# Requests waiting for their responses, per connection; older ones are evicted and counted.
+MAX_PENDING = 1024
+
+Attribute = str | int
+
+
+class Direction(IntEnum):
+    CLIENT = 0  # bytes the side that opened the connection sent
+    SERVER = 1  # bytes the side that accepted it sent
+
+
+class Malformed(ValueError):
+    """Bytes that cannot be this protocol: the session counts them and resynchronises."""
+
+
+@dataclass(slots=True)
+class Exchange:
+    """A request and its response (or a one-way message): one span's worth."""
+
+    protocol: str                  # "redis", "postgresql", "mysql", "memcached", "http2", "nats", "amqp"
+    operation: str                 # db.operation.name, the rpc method, or the messaging operation
+    start_ns: int                  # when the chunk holding the request was seen
+    end_ns: int                    # when the chunk completing the response was seen
+    attributes: dict[str, Attribute] = field(default_factory=dict)
+    error_type: str | None = None  # error.type; None when it succeeded
+    complete: bool = True          # False: the connection ended before the response
+
+    @property
+    def duration_s(self) -> float:
+        return max(0, self.end_ns - self.start_ns) / 1e9
+
+
+class StreamBuffer:
+    """Bytes of one direction not yet parsed. Parsers read from `data` at `pos` and consume;
+    `skip` drops bytes still to come (a large body nobody needs) without buffering them."""
+
+    __slots__ = ("data", "skip")
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+        self.skip = 0
+
+    def add(self, chunk: bytes) -> bool:
+        """Append a chunk; False when the buffer would pass MAX_BUFFER (it is then cleared)."""
+        if self.skip:
+            dropped = min(self.skip, len(chunk))
+            self.skip -= dropped
+            chunk = chunk[dropped:]
+        self.data += chunk
+        if len(self.data) > MAX_BUFFER:
+            self.clear()
+            return False
+        return True
+
+    def consume(self, count: int) -> None:
+        if count > len(self.data):
+            self.skip += count - len(self.data)
+            count = len(self.data)
+        del self.data[:count]
+
+    def clear(self) -> None:
+        self.data.clear()
+        self.skip = 0
+
+
+class Session:
+    """Base of the per-connection parsers: one buffer per direction, counters, and the
+    feed/close contract. Subclasses implement _parse(direction, ts) -> exchanges."""
+
+    protocol = ""
+
+    def __init__(self, *, keep_literals: bool = False) -> None:
+        self.keep_literals = keep_literals
+        self.buffers = (StreamBuffer(), StreamBuffer())
+        self.counters: Counter[str] = Counter()
+        self.opaque = False  # TLS started or the stream was lost for good: bytes are ignored
+
+    def feed(self, direction: Direction, ts_ns: int, chunk: bytes) -> list[Exchange]:
+        if self.opaque or not chunk:
+            return []
+        buffer = self.buffers[direction]
+        if not buffer.add(chunk):
+            self.counters["oversize"] += 1
+            self.resync(direction)
+            return []
+        try:
+            return self._parse(direction, ts_ns)
+        except Malformed:
+            self.counters["malformed"] += 1
+            buffer.clear()
+            self.resync(direction)
+            return []
+
+    def close(self, ts_ns: int) -> list[Exchange]:
+        """The connection ended: requests still waiting become incomplete exchanges."""
+        return []
+
+    def resync(self, direction: Direction) -> None:
+        """A direction lost its framing: forget what pairs with it (subclasses count it)."""
+
+    def _parse(self, direction: Direction, ts_ns: int) -> list[Exchange]:
+        raise NotImplementedError

@@ -1,0 +1,74 @@
+"""Every L7 session parser on hostile bytes: whatever arrives, in whichever direction and
+cut wherever, feed() and close() return exchanges and never raise; garbage is counted."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from otelbpf.protocols.detect import detect
+from otelbpf.protocols.exchange import Direction
+from otelbpf.protocols.l7 import SESSIONS, Connection, Connections
+
+chunks = st.lists(st.tuples(st.sampled_from(list(Direction)), st.binary(max_size=300)), max_size=12)
+
+# A plausible start per protocol, so mutations reach deep states rather than failing at byte 0.
+SEEDS: dict[str, list[tuple[Direction, bytes]]] = {
+    "redis": [(Direction.CLIENT, b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\nv\r\n*2\r\n$3\r\nGET\r\n$1\r\nk\r\n"),
+              (Direction.SERVER, b"+OK\r\n%1\r\n+a\r\n*2\r\n:1\r\n$-1\r\n>2\r\n+x\r\n+y\r\n-ERR no\r\n")],
+}
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(sorted(SESSIONS)), chunks)
+def test_random_bytes_never_raise(protocol, feed):
+    session = SESSIONS[protocol]()
+    for i, (direction, chunk) in enumerate(feed):
+        for exchange in session.feed(direction, i, chunk):
+            assert exchange.protocol == protocol
+    session.close(len(feed))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(sorted(SEEDS)), st.data())
+def test_mutated_conversations_never_raise(protocol, data):
+    session = SESSIONS[protocol]()
+    for i, (direction, chunk) in enumerate(SEEDS[protocol]):
+        raw = bytearray(chunk)
+        at = data.draw(st.integers(0, len(raw)))
+        raw[at:at + data.draw(st.integers(0, 8))] = data.draw(st.binary(max_size=8))
+        cut = data.draw(st.integers(0, len(raw)))
+        session.feed(direction, 2 * i, bytes(raw[:cut]))
+        session.feed(direction, 2 * i + 1, bytes(raw[cut:]))
+    session.close(99)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=64), st.binary(max_size=64))
+def test_detection_never_raises(client, server):
+    assert detect(client, server) in (None, "http1", *SESSIONS, "http2", "postgresql", "mysql", "memcached", "nats", "amqp")
+
+
+def test_garbage_is_counted_not_raised():
+    for protocol in SESSIONS:
+        connection = Connection(protocol)
+        for _ in range(3):
+            connection.feed(Direction.SERVER, 1, b"\x00\xff\xfe garbage \r\n\x01\x02" * 40)
+            connection.feed(Direction.CLIENT, 2, b"\xff\xff\xff\xff\x00 nonsense\r\n" * 40)
+        assert connection.counters["malformed"] >= 1, protocol
+
+
+def test_connections_are_bounded_and_evictions_counted():
+    table = Connections(max_connections=3)
+    for key in range(5):
+        table.feed(key, Direction.CLIENT, key, b"*1\r\n$4\r\nPING\r\n")
+    assert len(table.table) == 3
+    assert table.totals[("redis", "connection_evicted")] == 2
+    assert sorted(table.table) == [2, 3, 4]
+
+
+def test_unknown_connections_are_ignored_after_one_look():
+    connection = Connection()
+    assert connection.feed(Direction.CLIENT, 1, b"\x16\x03\x01 TLS hello") == []
+    assert connection.feed(Direction.SERVER, 2, b"\x16\x03\x03 TLS hello") == []
+    assert connection.ignored and connection.protocol is None
