@@ -105,6 +105,28 @@ class SecuritySensorConfig(_Model):
     enforce: bool = False  # sigkill/signal actions act only when true; otherwise they are reported
 
 
+class IdentityConfig(_Model):
+    """Who each process is (enrich.identity): the service.name rules and the container runtimes."""
+
+    otel_environment: bool = True  # OTEL_SERVICE_NAME / OTEL_RESOURCE_ATTRIBUTES in the process's environment
+    compose_labels: bool = True  # com.docker.compose.service/project of the process's container
+    systemd_unit: bool = True  # the unit of the process's cgroup: nginx.service -> nginx
+    pod_annotations: bool = True  # resource.opentelemetry.io/service.name and .namespace
+    well_known_labels: bool = True  # app.kubernetes.io/instance, then app.kubernetes.io/name
+    owners: bool = True  # the pod's deployment, replicaset, statefulset, daemonset, cronjob, job
+    containerd_socket: str | None = "/run/containerd/containerd.sock"  # None: not asked
+    containerd_namespaces: list[str] = Field(default_factory=lambda: ["k8s.io"])
+    docker_socket: str | None = "/var/run/docker.sock"  # None: not asked
+    runtime_timeout: float = Field(0.5, gt=0, le=10)  # seconds a runtime may take to answer
+    max_containers: int = Field(4096, ge=16, le=1_000_000)  # containers remembered
+    node_name: str | None = None  # k8s.node.name; None: the host name, as kubelet defaults it
+
+    @field_validator("containerd_namespaces", mode="before")
+    @classmethod
+    def _split_namespaces(cls, value: Any) -> Any:
+        return [n.strip() for n in value.split(",") if n.strip()] if isinstance(value, str) else value
+
+
 class AgentConfig(_Model):
     sensors: list[str] = Field(default_factory=lambda: sorted(KNOWN_SENSORS))
     duration: float | None = Field(None, gt=0)  # seconds; None runs until stopped
@@ -121,6 +143,7 @@ class AgentConfig(_Model):
     security: SecuritySensorConfig = Field(default_factory=SecuritySensorConfig)
     http: HttpSensorConfig = Field(default_factory=HttpSensorConfig)
     store: StoreConfig = Field(default_factory=StoreConfig)
+    identity: IdentityConfig = Field(default_factory=IdentityConfig)
     ui: str = "127.0.0.1:4380"  # the local web UI (with the store); loopback only
     # Shared by all sensors: size of each BPF ring buffer and how often it is drained.
     ringbuf_bytes: int = 4 * 1024 * 1024

@@ -1,8 +1,10 @@
 import os
+import subprocess
 import sys
 import time
 
 from otelbpf.enrich.identity import IdentityTable
+from otelbpf.enrich.service import ServiceRules
 from otelbpf.signals.model import Resource
 
 HOST = Resource.of({"host.name": "h1", "service.name": "otelbpf"})
@@ -10,7 +12,8 @@ GONE = 2**22 + 1  # above pid_max's default range: no such process
 
 
 def test_a_running_process_is_read_once_and_named_by_its_executable():
-    table = IdentityTable(HOST)
+    # only the executable rule: the test may run in a systemd unit or with OTEL_SERVICE_NAME set
+    table = IdentityTable(HOST, rules=ServiceRules(otel_environment=False, systemd_unit=False))
     me = table.of(os.getpid())
     exe = os.path.realpath(sys.executable)
     assert (me.executable_name, me.executable_path) == (os.path.basename(exe), exe)
@@ -59,3 +62,45 @@ def test_an_exec_older_than_the_entry_keeps_it():
     table.executed(GONE, exec_ns)
     assert table.known(GONE)
     assert table.of(GONE).executable_name == "curl"
+
+
+def _sleeper(**env: str) -> subprocess.Popen:
+    return subprocess.Popen(["sleep", "30"], env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **env})
+
+
+def test_a_process_that_names_itself_in_its_environment_is_that_service():
+    """OTEL_SERVICE_NAME=checkout in a real process's environment, read from /proc/PID/environ;
+    OTEL_RESOURCE_ATTRIBUTES adds to its resource; nothing says it is in a container."""
+    named = _sleeper(OTEL_SERVICE_NAME="checkout",
+                     OTEL_RESOURCE_ATTRIBUTES="service.namespace=shop,deployment.environment.name=eu%2Cprod,host.name=x")
+    plain = _sleeper()
+    try:
+        table = IdentityTable(HOST)
+        attrs = dict(table.resource(named.pid).attributes)
+        assert attrs["service.name"] == "checkout" and attrs["service.namespace"] == "shop"
+        assert attrs["deployment.environment.name"] == "eu,prod"
+        assert attrs["host.name"] == "h1"  # the host's, not what the process claims
+        assert attrs["process.executable.name"] == "sleep"
+        assert not any(key.startswith(("container.", "k8s.")) for key in attrs)
+        assert dict(IdentityTable(HOST, rules=ServiceRules(otel_environment=False, systemd_unit=False))
+                    .resource(named.pid).attributes)["service.name"] == "sleep"
+        plain_attrs = dict(table.resource(plain.pid).attributes)
+        assert "service.namespace" not in plain_attrs
+    finally:
+        for proc in (named, plain):
+            proc.kill()
+            proc.wait()
+
+
+def test_the_environment_is_read_again_after_an_exec(tmp_path):
+    """Once per exec: the table reads a pid's environment when it first meets it and again
+    after the process sensor says it ran a new program."""
+    (tmp_path / "23").mkdir()
+    environ = tmp_path / "23" / "environ"
+    environ.write_bytes(b"OTEL_SERVICE_NAME=before\0")
+    table = IdentityTable(HOST, proc=str(tmp_path))
+    assert dict(table.resource(23, b"sh").attributes)["service.name"] == "before"
+    environ.write_bytes(b"OTEL_SERVICE_NAME=after\0")
+    assert dict(table.resource(23, b"sh").attributes)["service.name"] == "before"  # not read per lookup
+    table.executed(23, time.monotonic_ns())
+    assert dict(table.resource(23, b"sh").attributes)["service.name"] == "after"

@@ -1,11 +1,13 @@
-"""Who a process is, once per process for every sensor: its executable, its container, and
-the resource its telemetry carries (the host's, plus the process, with service.name the
-executable's name). Read from /proc (enrich.procfs) the first time a pid is met, while it is
-there to be read; a process already gone is named by the kernel's command name.
+"""Who a process is, once per process for every sensor: its executable, its container, pod and
+service, and the resource its telemetry carries. Read from /proc (enrich.procfs, the cgroup
+path: enrich.cgroups, the environment: enrich.service) the first time a pid is met, while it
+is there to be read; a process already gone is named by the kernel's command name.
 
 One table is shared by the sensors of an agent, so a process is read once however many
-sensors see it, and every sensor names it alike. The container and Kubernetes identity
-build on it (issue: identity).
+sensors see it, and every sensor names it alike. The container runtimes (enrich.runtime) are
+asked off the data path: a process whose container is not known yet gets a resource without
+the container's names (counted as `unresolved`), and the next lookup after the runtime has
+answered gets the full one.
 """
 
 from __future__ import annotations
@@ -16,7 +18,10 @@ import time
 from dataclasses import dataclass
 
 from otelbpf.enrich import procfs
-from otelbpf.enrich.containers import container_id_of_pid
+from otelbpf.enrich.cgroups import NONE, CgroupIdentity, cgroup_identity_of_pid
+from otelbpf.enrich.pods import pod_attributes
+from otelbpf.enrich.runtime import PENDING, Container, ContainerDirectory, Pending
+from otelbpf.enrich.service import ServiceRules, environment_attributes, host_service, pod_service
 from otelbpf.signals.model import Attributes, Resource
 
 MAX_PROCESSES = 16384  # identities kept; the least recently used go first
@@ -38,57 +43,120 @@ class ProcessIdentity:
         return attrs
 
 
+@dataclass(slots=True)
+class _Entry:
+    identity: ProcessIdentity
+    resource: Resource
+    read_ns: int  # when it was read: CLOCK_MONOTONIC ns, the kernel's clock
+    cgroup: CgroupIdentity
+    environment: Attributes
+    pending: bool  # the runtime has not said who the container is yet
+
+
 class IdentityTable:
-    def __init__(self, host: Resource, max_processes: int = MAX_PROCESSES, proc: str = procfs.PROC) -> None:
-        """host: the resource every process's resource extends."""
+    def __init__(self, host: Resource, max_processes: int = MAX_PROCESSES, proc: str = procfs.PROC, *,
+                 rules: ServiceRules | None = None, containers: ContainerDirectory | None = None,
+                 node_name: str | None = None) -> None:
+        """host: the resource every process's resource extends; containers: the runtimes to
+        ask who a container is (None: the cgroup path only); node_name: k8s.node.name of
+        processes in pods."""
         self._host = host.as_dict()
         self._max = max_processes
         self._proc = proc
-        # pid -> (identity, resource, when it was read: CLOCK_MONOTONIC ns, the kernel's clock)
-        self._known: collections.OrderedDict[int, tuple[ProcessIdentity, Resource, int]] = collections.OrderedDict()
+        self.rules = rules or ServiceRules()
+        self.containers = containers
+        self.node_name = node_name
+        self._known: collections.OrderedDict[int, _Entry] = collections.OrderedDict()
         self._lock = threading.Lock()  # sensors drain on threads of their own
+        self.unresolved = 0  # resources handed out while the runtime had not named the container yet
 
     def of(self, pid: int, comm: bytes | str = b"") -> ProcessIdentity:
         """The identity of pid; comm: the kernel's command name, for a process already gone."""
-        return self._entry(pid, comm)[0]
+        return self._entry(pid, comm).identity
 
     def resource(self, pid: int, comm: bytes | str = b"") -> Resource:
-        """The resource of pid's telemetry: the host's, the process's and its service.name."""
-        return self._entry(pid, comm)[1]
+        """The resource of pid's telemetry: the host's, the process's, its container's and
+        pod's, and its service."""
+        return self._entry(pid, comm).resource
 
     def executed(self, pid: int, at_ns: int) -> None:
         """pid ran a new program at at_ns (the process sensor's exec event, kernel monotonic time):
         the next sensor to ask reads it again, from /proc/PID/exe as every other process is read
-        (the kernel's resolved path, not execve's possibly symlinked one). An entry read after the
-        exec already names the new program and stays: the process sensor drains on its own
-        thread, often after another sensor has named a short-lived process that is gone now."""
+        (the kernel's resolved path, not execve's possibly symlinked one), and its environment
+        once more. An entry read after the exec already names the new program and stays: the
+        process sensor drains on its own thread, often after another sensor has named a
+        short-lived process that is gone now."""
         with self._lock:
             entry = self._known.get(pid)
-            if entry is not None and entry[2] < at_ns:
+            if entry is not None and entry.read_ns < at_ns:
                 del self._known[pid]
 
     def known(self, pid: int) -> bool:
         with self._lock:
             return pid in self._known
 
-    def _entry(self, pid: int, comm: bytes | str) -> tuple[ProcessIdentity, Resource]:
+    def _entry(self, pid: int, comm: bytes | str) -> _Entry:
         if pid == 0:  # no process known (a socket accepted before the agent): not one to remember
-            return self._read(0, comm)
+            return self._read(0, comm, 0)
         with self._lock:
             entry = self._known.get(pid)
             if entry is not None:
                 self._known.move_to_end(pid)
-                return entry[0], entry[1]
+                if not entry.pending:
+                    return entry
+        if entry is not None:  # the runtime may have answered since
+            self._complete(entry)
+            return entry
         read_ns = time.monotonic_ns()  # before the read: an exec after this makes it stale
-        identity, resource = self._read(pid, comm)
+        fresh = self._read(pid, comm, read_ns)
         with self._lock:
-            entry = self._known.setdefault(pid, (identity, resource, read_ns))
+            entry = self._known.setdefault(pid, fresh)
             while len(self._known) > self._max:
                 self._known.popitem(last=False)
-        return entry[0], entry[1]
+        return entry
 
-    def _read(self, pid: int, comm: bytes | str) -> tuple[ProcessIdentity, Resource]:
+    def _read(self, pid: int, comm: bytes | str, read_ns: int) -> _Entry:
         path = procfs.executable(pid, self._proc)
-        identity = ProcessIdentity(pid, procfs.executable_name(pid, comm, self._proc), path,
-                                   container_id_of_pid(pid) if pid else None)
-        return identity, Resource.of({**self._host, **identity.attributes(), "service.name": identity.executable_name})
+        cgroup = cgroup_identity_of_pid(pid, self._proc)[0] if pid else NONE
+        identity = ProcessIdentity(pid, procfs.executable_name(pid, comm, self._proc), path, cgroup.container_id)
+        environment = environment_attributes(pid, self._proc) if pid and self.rules.otel_environment else {}
+        container = self._container(cgroup)
+        if container is PENDING:
+            self.unresolved += 1
+        entry = _Entry(identity, Resource(), read_ns, cgroup, environment, container is PENDING)
+        entry.resource = self._resource(entry, None if isinstance(container, Pending) else container)
+        return entry
+
+    def _complete(self, entry: _Entry) -> None:
+        container = self._container(entry.cgroup)
+        if isinstance(container, Pending):
+            self.unresolved += 1
+            return
+        resource = self._resource(entry, container)
+        with self._lock:
+            entry.resource, entry.pending = resource, False
+
+    def _container(self, cgroup: CgroupIdentity) -> Container | Pending | None:
+        if self.containers is None or cgroup.container_id is None:
+            return None
+        return self.containers.peek(cgroup.container_id)
+
+    def _resource(self, entry: _Entry, container: Container | None) -> Resource:
+        identity, cgroup = entry.identity, entry.cgroup
+        attrs: Attributes = {**self._host, **identity.attributes()}
+        runtime = container.runtime if container else cgroup.runtime
+        if runtime:
+            attrs["container.runtime"] = runtime
+        if container and container.name:
+            attrs["container.name"] = container.name
+        if container and container.image_name:
+            attrs["container.image.name"] = container.image_name
+        if cgroup.pod_uid:
+            attrs["k8s.pod.uid"] = cgroup.pod_uid
+        if container and container.pod:
+            attrs.update(pod_attributes(container.pod, container.pod_container_name, self.node_name))
+            attrs.update(pod_service(self.rules, container.pod, container.pod_container_name, entry.environment))
+        else:
+            labels = container.labels if container else None
+            attrs.update(host_service(self.rules, entry.environment, labels, cgroup.systemd_unit, identity.executable_name))
+        return Resource.of(attrs)
