@@ -20,20 +20,24 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from otelbpf.config import AgentConfig, parse_host_port, parse_ui_address
+from otelbpf.config_watch import ConfigReport, ConfigWatch
 from otelbpf.enrich.containers import find_cgroup2_root
 from otelbpf.enrich.host import host_resource
 from otelbpf.enrich.identity import IdentityTable
+from otelbpf.enrich.stage import Enrichment
 from otelbpf.export.base import Sink
 from otelbpf.export.console import ConsoleSink, JsonLinesSink
 from otelbpf.export.fanout import FanoutSink
 from otelbpf.export.otlp import OtlpExporter
 from otelbpf.export.otlp_settings import SIGNALS, OtlpSettings
 from otelbpf.export.prometheus import PrometheusEndpoint
+from otelbpf.health import HealthServer, HealthState
 from otelbpf.kernel import features
 from otelbpf.pipeline.memory_limiter import MemoryLimiter
+from otelbpf.pipeline.span_metrics import SpanMetrics
 from otelbpf.sensors.base import Sensor
 from otelbpf.sensors.process import ProcessSensor
-from otelbpf.signals.model import ProfileBatch, Resource
+from otelbpf.signals.model import ProfileBatch, Resource, SpanColumns
 from otelbpf.signals.otlp_profiles import HTTP_PATH as PROFILES_PATH
 from otelbpf.signals.registry import Registry
 
@@ -71,6 +75,18 @@ def otlp_settings(cfg: AgentConfig) -> OtlpSettings:
     return OtlpSettings.from_env(os.environ, overrides)
 
 
+def span_path(enrichment: Enrichment, span_metrics: SpanMetrics,
+              export: Callable[[SpanColumns], None]) -> Callable[[SpanColumns], None]:
+    """Where a sensor's spans go: the enrichment stage names their processes, the span-metrics
+    processor counts every one into the RED histograms (before anything could sample them
+    out), then the sinks take them."""
+    def emit(columns: SpanColumns) -> None:
+        enrichment.spans(columns)
+        span_metrics.record(columns)
+        export(columns)
+    return emit
+
+
 def progress(message: str) -> None:
     print(f"otelbpf: {message}", file=sys.stderr, flush=True)
 
@@ -90,6 +106,7 @@ class Agent:
     config: AgentConfig
     registry: Registry = field(default_factory=Registry)
     resource: Resource = field(default_factory=host_resource)
+    config_path: str | None = None  # the config file, watched while the agent runs
 
     def __post_init__(self) -> None:
         self.sensors: list[Sensor] = []
@@ -102,7 +119,11 @@ class Agent:
         self._reload = threading.Event()  # SIGHUP: load the security policies again
         self._policy_fingerprint: tuple = ()
         self._threads: list[threading.Thread] = []
+        self.health = HealthState(self.registry)  # what /healthz and /readyz answer
+        self.health_server: HealthServer | None = None
+        self._config_watch: ConfigWatch | None = None
         self.identities = IdentityTable(self.resource)  # who each process is, for every sensor
+        self.enrichment = Enrichment(self.identities)
 
     # -- start ----------------------------------------------------------------------------
     def start(self) -> None:
@@ -110,6 +131,7 @@ class Agent:
             raise AgentError("the agent loads BPF programs and must run as root (try: sudo otelbpf run)")
         progress("probing kernel features")
         check_host()
+        self._start_health()
         self.sink = self._open_sinks()
         self._register_bpf_stats()
         try:
@@ -125,7 +147,22 @@ class Agent:
             t = threading.Thread(target=self._drain, args=(sensor,), name=f"sensor-{sensor.name}", daemon=True)
             t.start()
             self._threads.append(t)
+        self.health.started()
+        if self.config_path:
+            self._config_watch = ConfigWatch(self.config_path, os.environ, self.config, self._config_report())
         progress(f"running: sensors {', '.join(s.name for s in self.sensors)}; {self._describe_sinks()}")
+
+    def _start_health(self) -> None:
+        if self.config.health:
+            host, port = parse_host_port(self.config.health)
+            try:
+                self.health_server = HealthServer(self.health, host, port).start()
+            except OSError as e:
+                raise AgentError(f"health: cannot listen on {self.config.health}: {e.strerror} "
+                                 "(set health: HOST:PORT to a free address)") from None
+
+    def _config_report(self) -> ConfigReport:
+        return ConfigReport(self.health, self.registry, self.resource, self.sink.export_logs if self.sink else None)
 
     def _open_sinks(self) -> Sink:
         cfg = self.config
@@ -246,9 +283,9 @@ class Agent:
             from otelbpf.sensors.http import HttpSensor, Selection, parse_ports
             http = cfg.http
             selection = Selection(parse_ports(http.open_ports or ""), http.executable)
-            return HttpSensor(self._opened_sink().export_spans, self.registry, self.resource,
-                              capture_bytes=http.capture_bytes, selection=selection, tls=http.tls,
-                              ringbuf_bytes=cfg.ringbuf_bytes, identities=self.identities)
+            spans = span_path(self.enrichment, SpanMetrics(self.registry), self._opened_sink().export_spans)
+            return HttpSensor(spans, self.registry, capture_bytes=http.capture_bytes, selection=selection,
+                              tls=http.tls, ringbuf_bytes=cfg.ringbuf_bytes)
         if name == "security":
             return self._make_security_sensor()
         raise AgentError(f"unknown sensor {name!r}")
@@ -291,8 +328,9 @@ class Agent:
             policies, _ = source.load(unavailable_hooks())
             sensor.reload(policies)
         except PolicyError as exc:
-            log.error("policies not reloaded, the running ones stay: %s", exc)
+            self._config_report().invalid("policies", str(exc))
             return
+        self.health.problem("policies", None)
         progress(f"policies reloaded: {', '.join(p.name for p in policies)}")
 
     def _register_bpf_stats(self) -> None:
@@ -321,6 +359,7 @@ class Agent:
                                          "Drains of a sensor's kernel buffers that raised an error", "{drain}")
         failing_since = 0  # failures in a row
         while not self._stop.is_set():
+            self.health.beat(f"sensor {sensor.name}")
             try:
                 sensor.poll(self.config.drain_interval)
             except Exception as exc:
@@ -332,11 +371,13 @@ class Agent:
                               sensor.name, type(exc).__name__, exc)
                     log.debug("sensor %s drain failure", sensor.name, exc_info=True)
                 failing_since += 1
+                self.health.problem(f"sensor {sensor.name}", f"{failing_since} drains failed in a row: {exc}")
                 self._stop.wait(min(MAX_DRAIN_BACKOFF, self.config.drain_interval * 2 ** min(failing_since, 16)))
                 continue
             if failing_since:
                 log.warning("sensor %s drains again after %d failed drains", sensor.name, failing_since)
                 failing_since = 0
+                self.health.problem(f"sensor {sensor.name}", None)
 
     def export_metrics(self) -> None:
         if self.sink is not None:
@@ -353,10 +394,13 @@ class Agent:
         next_policy_check = time.monotonic() + POLICY_CHECK_INTERVAL
         while not self._stop.is_set():
             now = time.monotonic()
+            self.health.beat("main loop")
             if deadline is not None and now >= deadline:
                 break
             if self._reload.is_set() or now >= next_policy_check:
                 self.reload_policies(only_if_changed=not self._reload.is_set())
+                if self._config_watch is not None:
+                    self._config_watch.check()
                 self._reload.clear()
                 next_policy_check = now + POLICY_CHECK_INTERVAL
             if now >= next_metrics:
@@ -392,6 +436,9 @@ class Agent:
         if self.store_writer is not None:
             self.store_writer.close(timeout)  # after the receiver: it wrote the last batches
             self.store_writer = None
+        if self.health_server is not None:
+            self.health_server.stop()
+            self.health_server = None
 
 
 def receiver_handler(writer: StoreWriter) -> Callable:

@@ -17,6 +17,7 @@ from otelbpf.sensors.http import HttpSensor
 from otelbpf.signals.model import Resource, SpanKind
 from otelbpf.signals.registry import Registry
 from tests.conftest import require, require_tool, wait_for_port
+from tests.http_pipeline import http_sensor
 
 TRACE_IDS = [f"{i:032x}" for i in range(0x1000, 0x1000 + 23)]
 
@@ -84,7 +85,7 @@ def access_log(path: Path) -> list[list[str]]:
 
 
 def sensor(batches: list, ringbuf_bytes: int = 4 << 20) -> HttpSensor:
-    return HttpSensor(batches.append, Registry(), Resource.of({"host.name": "test"}), ringbuf_bytes=ringbuf_bytes)
+    return http_sensor(batches.append, Registry(), Resource.of({"host.name": "test"}), ringbuf_bytes=ringbuf_bytes)
 
 
 def test_curl_requests_match_the_access_log_line_by_line(nginx):

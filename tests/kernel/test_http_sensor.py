@@ -14,17 +14,19 @@ from pathlib import Path
 
 import pytest
 
+from otelbpf.pipeline.span_metrics import DURATION_BOUNDS
 from otelbpf.sensors.base import running
-from otelbpf.sensors.http import DURATION_BOUNDS, HttpSensor, Selection, parse_ports
+from otelbpf.sensors.http import HttpSensor, Selection, parse_ports
 from otelbpf.signals.model import Resource, SpanKind, StatusCode
 from otelbpf.signals.registry import Registry
 from tests.conftest import require_tool, wait_for_port
+from tests.http_pipeline import http_sensor
 
 
 def traced_sensor(emit, registry, resource, **options) -> HttpSensor:
     """The sensor with no agent to leave out: the test process is a client here, and its
     servers are not the agent's peers (agent_pid=0)."""
-    return HttpSensor(emit, registry, resource, agent_pid=0, **options)
+    return http_sensor(emit, registry, resource, agent_pid=0, **options)
 
 SERVER = textwrap.dedent("""
     import sys, time

@@ -69,6 +69,20 @@ class RecordBatch:
         idx = self.offsets[:, None] + np.arange(dtype.itemsize)
         return self.data[idx].view(dtype).reshape(n)
 
+    def matrix(self, offset: int, width: int) -> np.ndarray:
+        """Bytes offset..offset+width of every record as one (n, width) uint8 array: a strided
+        view of uniform records, else a copy (records shorter than that read what follows them)."""
+        n = len(self)
+        if n == 0:
+            return np.zeros((0, width), np.uint8)
+        stride = record_stride(int(self.lengths[0]))
+        if self.lengths.min() == self.lengths.max() and (n == 1 or (np.diff(self.offsets) == stride).all()) \
+                and int(self.offsets[-1]) + offset + width <= len(self.data):
+            return np.ndarray((n, width), np.uint8, buffer=self.data, offset=int(self.offsets[0]) + offset,
+                              strides=(stride, 1))
+        idx = np.minimum(self.offsets[:, None] + offset + np.arange(width), len(self.data) - 1)
+        return self.data[idx]
+
     def payload(self, i: int) -> memoryview:
         start = int(self.offsets[i])
         return self.data.data[start:start + int(self.lengths[i])]  # ndarray.data: memoryview(self.data)

@@ -3,15 +3,16 @@ from syscall tracepoints, and for TLS through uprobes on libssl. No change to an
 
 bpf/http.bpf.c copies the first bytes of socket messages that start like HTTP/1.x (and marks
 the close of sockets that carried HTTP) into one ring buffer; here the ring is drained in
-bulk, the events are paired into spans (sensors.http_tracker), the spans go to the sink with
-a resource per process, and their durations to the http.{server,client}.request.duration
-histograms.
+bulk, the events are paired into spans (sensors.http_tracker) and leave as column batches keyed
+by pid: the enrichment stage names their processes, the span-metrics processor makes the
+http.{server,client}.request.duration histograms of them.
 """
 
 from __future__ import annotations
 
 import collections
 import fnmatch
+import itertools
 import logging
 import os
 import struct
@@ -23,17 +24,16 @@ from pathlib import Path
 import numpy as np
 
 from otelbpf.enrich import procfs
-from otelbpf.enrich.identity import IdentityTable
 from otelbpf.kernel import BpfObject, Link, Program, loading
 from otelbpf.kernel.errors import BpfError
 from otelbpf.kernel.ringbuf import DRAIN_GAP, RingBufferReader
 from otelbpf.sensors import http_events as he
 from otelbpf.sensors.clock import monotonic_to_unix_offset
-from otelbpf.sensors.http_tracker import CompletedSpan, HttpTracker, Message
+from otelbpf.sensors.http_tracker import CompletedSpan, Endpoints, HttpTracker, Message, PairedExchanges
 from otelbpf.sensors.self_traffic import Listener, own_listeners
 from otelbpf.sensors.socket_adoption import socket_owners
 from otelbpf.signals.counters import CounterDeltas
-from otelbpf.signals.model import Resource, SpanBatch, SpanKind
+from otelbpf.signals.model import SpanColumns
 from otelbpf.signals.registry import Registry
 
 log = logging.getLogger("otelbpf")
@@ -41,15 +41,12 @@ log = logging.getLogger("otelbpf")
 BPF_OBJECT = Path(__file__).resolve().parent.parent / "bpf" / "http.bpf.o"
 SCOPE = "otelbpf.sensors.http"
 LIBSSL = "/usr/lib/x86_64-linux-gnu/libssl.so.3"
-# Semantic-convention buckets of http.{server,client}.request.duration.
-DURATION_BOUNDS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10)
 DRAIN_SLICE = 1 << 20     # ring bytes decoded at once (about 2,900 records of 256 captured bytes)
 MAX_ENDPOINTS = 49152  # connections whose endpoints are remembered (kernel's http_socks: 32768)
 MAX_KEPT_REQUESTS = 16384  # connections whose request the kernel keeps for its response at once
 KEPT_REQUESTS_MEMORY = 32 << 20  # bytes for them: 4,080 connections at the largest capture size
 SELECTION_INTERVAL = 5.0  # seconds between re-reads of which processes match the selection
 LISTENERS_INTERVAL = 5.0  # seconds between re-reads of the agent's own listening sockets
-KEEP_RECENT = 4096        # finished spans kept for live views and tests
 SSL_FUNCTIONS = (("SSL_read", "ssl_rw_enter", "ssl_read_exit"), ("SSL_write", "ssl_rw_enter", "ssl_write_exit"),
                  ("SSL_read_ex", "ssl_rw_ex_enter", "ssl_read_exit"),
                  ("SSL_write_ex", "ssl_rw_ex_enter", "ssl_write_exit"))
@@ -119,18 +116,18 @@ class Selection:
 class HttpSensor:
     name = "http"
 
-    def __init__(self, emit: Callable[[SpanBatch], None], registry: Registry, resource: Resource, *,
+    def __init__(self, emit: Callable[[SpanColumns], None], registry: Registry, *,
                  capture_bytes: int = 256, selection: Selection = Selection(), tls: bool = True,
                  ringbuf_bytes: int = 4 << 20, bpf_object: Path = BPF_OBJECT, libssl: str = LIBSSL,
-                 agent_pid: int | None = None, identities: IdentityTable | None = None):
-        """agent_pid: the process whose traffic, and that of its connections' far ends, is left
+                 agent_pid: int | None = None):
+        """emit: takes each batch of spans, keyed by pid, for the enrichment stage (the spans
+        say nothing of who their process is; its RED metrics come from the spans too).
+        agent_pid: the process whose traffic, and that of its connections' far ends, is left
         out (default: this one, the agent; 0: none, for a program that embeds the sensor and is
-        itself a client it wants traced). identities: the agent's table of process identities
-        (shared with its other sensors); by default one of its own."""
+        itself a client it wants traced)."""
         if not 16 <= capture_bytes <= he.MAX_CAPTURE:
             raise ValueError(f"capture_bytes must be within 16..{he.MAX_CAPTURE}, got {capture_bytes}")
         self._emit = emit
-        self._resource = resource
         self._capture_bytes = capture_bytes
         self._selection = selection
         self._tls = tls
@@ -145,14 +142,12 @@ class HttpSensor:
         self._listeners: set[Listener] = set()  # the agent's own, in the kernel's self_endpoints
         # (pid, sock) -> (family, local address, local port, peer address, peer port); larger
         # than the kernel's http_socks so that a connection the kernel knows is known here.
-        self._endpoints: collections.OrderedDict[tuple[int, int], tuple] = collections.OrderedDict()
+        self._endpoints: collections.OrderedDict[tuple[int, int], Endpoints] = collections.OrderedDict()
         self._no_endpoints = 0
         self._selected: set[int] = set()
         self._pending: list[CompletedSpan] = []
-        self.identities = identities or IdentityTable(resource)
         self.tls_attached = False
         self.tls_error: str | None = None  # why the libssl uprobes are not attached
-        self.recent: collections.deque[CompletedSpan] = collections.deque(maxlen=KEEP_RECENT)
         self._tracker = HttpTracker(self._pending.append, monotonic_to_unix_offset())
 
         r = registry
@@ -170,10 +165,6 @@ class HttpSensor:
         self._zero_copy = r.counter("otelbpf.http.zero_copy_sends",
                                     "sendfile/splice calls into sockets of traced processes (counted, not parsed)",
                                     "{call}")
-        self._server = r.histogram("http.server.request.duration", "Duration of HTTP server requests", "s",
-                                   DURATION_BOUNDS)
-        self._client = r.histogram("http.client.request.duration", "Duration of HTTP client requests", "s",
-                                   DURATION_BOUNDS)
         self._deltas = CounterDeltas()
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -268,92 +259,119 @@ class HttpSensor:
         return total
 
     def _drain_slice(self) -> int:
+        """Decodes one slice of the ring. Requests the kernel paired (nearly all of them) go to
+        the tracker as columns, in runs between the messages that need pairing here, which go
+        one by one in kernel order."""
         assert self._reader is not None  # called while started
         batch = self._reader.read(DRAIN_SLICE)
         n = len(batch)
-        if n:
-            self._events.add(n, {"sensor": self.name})
-            heads = batch.fixed(he.HTTP_EVENT)
-            paired = int(np.count_nonzero(heads["direction"] >= he.HTTP_SERVER_EXCHANGE))
-            if paired:
-                self._kernel_exchanges.add(paired)
-            columns = [heads[f].tolist() for f in ("ktime_ns", "sock", "pid", "tid", "direction", "source",
-                                                   "family", "local_port", "peer_port", "captured",
-                                                   "start_ns", "status")]
-            local, peer = heads["local_addr"].tolist(), heads["peer_addr"].tolist()
-            # Name processes now, while short-lived clients (curl) are still there to be read.
-            # (The kernel sends the command name with a connection's first message only.)
-            new = {pid for pid in set(columns[2]) if not self.identities.known(pid)}
-            if new:
-                comms = heads["comm"].tolist()
-                names = {}
-                for pid, comm in zip(columns[2], comms):
-                    if pid in new and comm and pid not in names:
-                        names[pid] = comm
-                for pid in new:
-                    self.identities.resource(pid, names.get(pid, b""))
-            data, offsets = batch.data, batch.offsets.tolist()
-            head_size = he.HTTP_EVENT.itemsize
-            feed, exchange = self._tracker.feed, self._tracker.exchange
-            ssl, close = he.HTTP_SOURCE_SSL, he.HTTP_CLOSE
-            server_exchange, client_exchange = he.HTTP_SERVER_EXCHANGE, he.HTTP_CLIENT_EXCHANGE
-            endpoints = self._endpoints
-            for i, (ktime, sock, pid, tid, direction, source, family, lport, pport, captured, start, status) in \
-                    enumerate(zip(*columns)):
-                # The kernel sends a connection's endpoints with its first message only.
-                if family:
-                    lo, pe = local[i], peer[i]
-                    endpoints[(pid, sock)] = (family, lo, lport, pe, pport)
-                    if len(endpoints) > MAX_ENDPOINTS:
-                        endpoints.popitem(last=False)
-                elif direction == close:
-                    endpoints.pop((pid, sock), None)
-                    lo = pe = b""
-                else:
-                    known = endpoints.get((pid, sock))
-                    if known is None:  # its first message was before a restart or forgotten: unknown
-                        self._no_endpoints += 1
-                        family, lo, lport, pe, pport = 2, bytes(16), 0, bytes(16), 0
-                    else:
-                        family, lo, lport, pe, pport = known
-                        endpoints.move_to_end((pid, sock))
-                at = offsets[i] + head_size
-                payload = data[at:at + captured].tobytes()
-                if direction in (server_exchange, client_exchange):
-                    # paired in the kernel: the request (read by a server, written by a client)
-                    exchange(Message(start, sock, pid, tid, int(direction == server_exchange), source == ssl,
-                                     family, lo, lport, pe, pport, payload), ktime, status)
-                else:
-                    feed(Message(ktime, sock, pid, tid, direction, source == ssl, family,
-                                 lo, lport, pe, pport, payload))
+        if not n:
+            return 0
+        self._events.add(n, {"sensor": self.name})
+        heads = batch.fixed(he.HTTP_EVENT)
+        paired = heads["direction"] >= he.HTTP_SERVER_EXCHANGE
+        n_paired = int(np.count_nonzero(paired))
+        if n_paired:
+            self._kernel_exchanges.add(n_paired)
+        endpoint, endpoints = self._endpoints_of(heads)
+        names = self._names(heads)
+        payload = batch.matrix(he.HTTP_EVENT.itemsize, self._capture_bytes)
+        # Runs of paired rows between single messages: [start, stop) each, in kernel order.
+        cuts = np.flatnonzero(np.diff(paired.view(np.int8))) + 1
+        bounds = [0, *cuts.tolist(), n]
+        for start, stop in itertools.pairwise(bounds):
+            if paired[start]:
+                self._paired(heads[start:stop], payload[start:stop], endpoint[start:stop], endpoints, names)
+            else:
+                self._messages(heads, payload, endpoint, endpoints, range(start, stop))
         if self._pending:
-            self._export(self._pending)
-            self._pending.clear()
+            done, self._pending[:] = list(self._pending), []
+            pids = np.fromiter((c.pid for c in done), np.uint32, len(done))
+            self._emit_spans(SpanColumns.of_spans(SCOPE, [c.span for c in done], pids, names))
         return n
 
-    def _export(self, done: list[CompletedSpan]) -> None:
-        by_pid: dict[int, list] = collections.defaultdict(list)
-        # Durations grouped by their metric attributes, then recorded one numpy pass per group.
-        groups: dict[tuple, list[float]] = collections.defaultdict(list)
-        server_kind = SpanKind.SERVER
-        for c in done:
-            by_pid[c.pid].append(c.span)
-            server = c.span.kind is server_kind
-            groups[(server, c.pid, c.method, c.scheme, c.status, c.error_type,
-                    c.route if server else c.span.attributes["server.address"])].append(c.duration_s)
-        for (server, pid, method, scheme, status, error_type, where), durations in groups.items():
-            attrs = {"http.request.method": method, "url.scheme": scheme,
-                     "process.executable.name": self.service_name(pid)}
-            if status is not None:
-                attrs["http.response.status_code"] = status
-            if error_type:
-                attrs["error.type"] = error_type
-            attrs["http.route" if server else "server.address"] = where
-            (self._server if server else self._client).record_many(np.array(durations), attrs)
-        self.recent.extend(done)
-        self._spans.add(len(done), {"sensor": self.name})
-        for pid, spans in by_pid.items():
-            self._emit(SpanBatch(self.identities.resource(pid), SCOPE, spans))
+    def _emit_spans(self, columns: SpanColumns) -> None:
+        self._spans.add(len(columns), {"sensor": self.name})
+        self._emit(columns)
+
+    def _endpoints_of(self, heads: np.ndarray) -> tuple[np.ndarray, list[Endpoints]]:
+        """Each record's connection endpoints, as an index into a list: the kernel sends them
+        with a connection's first record only, so later records are matched by (pid, sock).
+        Connections that start or end in this batch are walked in kernel order; the others
+        (keep-alive connections known from earlier batches) cost one lookup each."""
+        n = len(heads)
+        endpoint = np.zeros(n, np.int32)
+        endpoints: list[Endpoints] = [(2, bytes(16), 0, bytes(16), 0)]  # 0: unknown (first record not seen)
+        known = self._endpoints
+        keys = np.empty(n, [("pid", "<u4"), ("sock", "<u8")])
+        keys["pid"], keys["sock"] = heads["pid"], heads["sock"]
+        first = heads["family"] != 0
+        close = heads["direction"] == he.HTTP_CLOSE
+        changing = first | close
+        walked = np.isin(keys, np.unique(keys[changing])) if changing.any() else np.zeros(n, bool)
+        for i in np.flatnonzero(walked).tolist():
+            h = heads[i]
+            key = (int(h["pid"]), int(h["sock"]))
+            if first[i]:
+                value = (int(h["family"]), bytes(h["local_addr"]), int(h["local_port"]), bytes(h["peer_addr"]),
+                         int(h["peer_port"]))
+                known[key] = value
+                known.move_to_end(key)
+                if len(known) > MAX_ENDPOINTS:
+                    known.popitem(last=False)
+                endpoint[i] = len(endpoints)
+                endpoints.append(value)
+            elif close[i]:
+                known.pop(key, None)
+            else:
+                endpoint[i] = self._endpoint_index(key, endpoints)
+        rest = np.flatnonzero(~walked)
+        if len(rest):
+            unique, inverse = np.unique(keys[rest], return_inverse=True)
+            found = [self._endpoint_index(key, endpoints) for key in unique.tolist()]
+            endpoint[rest] = np.array(found, np.int32)[inverse.reshape(-1)]
+        return endpoint, endpoints
+
+    def _endpoint_index(self, key: tuple[int, int], endpoints: list[Endpoints]) -> int:
+        value = self._endpoints.get(key)
+        if value is None:  # its first message was before a restart or forgotten: unknown
+            self._no_endpoints += 1
+            return 0
+        self._endpoints.move_to_end(key)
+        endpoints.append(value)
+        return len(endpoints) - 1
+
+    @staticmethod
+    def _names(heads: np.ndarray) -> dict[int, bytes]:
+        """The kernel's command name of each process of the batch that has one (it comes with a
+        connection's first record): the enrichment stage's name for a process already gone."""
+        named = np.flatnonzero(heads["comm"] != b"")
+        if not len(named):
+            return {}
+        pids, first = np.unique(heads["pid"][named], return_index=True)
+        return dict(zip(pids.tolist(), heads["comm"][named[first]].tolist()))
+
+    def _paired(self, heads: np.ndarray, payload: np.ndarray, endpoint: np.ndarray, endpoints: list[Endpoints],
+                names: dict[int, bytes]) -> None:
+        run = PairedExchanges(
+            heads["start_ns"], heads["ktime_ns"], heads["pid"], heads["tid"], heads["sock"],
+            heads["direction"] == he.HTTP_SERVER_EXCHANGE, heads["source"] == he.HTTP_SOURCE_SSL, heads["status"],
+            payload, heads["captured"], endpoint, endpoints)
+        columns = self._tracker.paired(run, SCOPE)
+        if columns is not None:
+            columns.names = names
+            self._emit_spans(columns)
+
+    def _messages(self, heads: np.ndarray, payload: np.ndarray, endpoint: np.ndarray, endpoints: list[Endpoints],
+                  rows: range) -> None:
+        """Single messages (and closes), one by one in kernel order: the tracker pairs them."""
+        feed, ssl = self._tracker.feed, he.HTTP_SOURCE_SSL
+        for i in rows:
+            h = heads[i]
+            family, local, local_port, peer, peer_port = endpoints[int(endpoint[i])]
+            feed(Message(int(h["ktime_ns"]), int(h["sock"]), int(h["pid"]), int(h["tid"]), int(h["direction"]),
+                         int(h["source"]) == ssl, family, local, local_port, peer, peer_port,
+                         payload[i, :int(h["captured"])].tobytes()))
 
     def _account(self) -> None:
         """Kernel drop counters and the tracker's skips into the registry, as deltas."""
@@ -401,8 +419,6 @@ class HttpSensor:
         self._listeners = now
         self._next_listeners = time.monotonic() + LISTENERS_INTERVAL
 
-    def service_name(self, pid: int) -> str:
-        return self.identities.of(pid).executable_name  # what the identity's resource names it
 
 
 def _listener_key(listener: Listener) -> bytes:

@@ -25,8 +25,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
+import numpy as np
+
 from otelbpf.protocols import http1
-from otelbpf.signals.model import SpanKind, SpanRecord, StatusCode
+from otelbpf.signals.model import SpanColumns, SpanKind, SpanRecord, SpanShape, StatusCode
 
 MAX_CONNECTIONS = 32768  # connections with state; the least recently used go first
 MAX_PENDING = 64         # open exchanges per connection and direction
@@ -75,16 +77,61 @@ class _Connection:
 
 @dataclass(slots=True)
 class CompletedSpan:
-    """A span with what the metrics and views need besides the OTLP record."""
+    """A span paired here from single messages, and the process it is of."""
 
     pid: int
     span: SpanRecord
-    duration_s: float
-    method: str
-    route: str
-    scheme: str
-    status: int | None
-    error_type: str | None
+
+    @property
+    def status(self) -> int | None:
+        return self.span.attributes.get("http.response.status_code")  # type: ignore[return-value]
+
+    @property
+    def error_type(self) -> str | None:
+        return self.span.attributes.get("error.type")  # type: ignore[return-value]
+
+    @property
+    def scheme(self) -> str:
+        return str(self.span.attributes["url.scheme"])
+
+    @property
+    def duration_s(self) -> float:
+        return max(self.span.end_time_unix_nano - self.span.start_time_unix_nano, 0) / 1e9
+
+
+Endpoints = tuple[int, bytes, int, bytes, int]  # family, local address and port, peer address and port
+
+
+@dataclass(slots=True)
+class PairedExchanges:
+    """Requests the kernel paired with their responses' status: one row each, in kernel order."""
+
+    start_ns: np.ndarray   # uint64: kernel time the request was read (server) or written (client)
+    end_ns: np.ndarray     # uint64: kernel time of the response
+    pid: np.ndarray        # uint32
+    tid: np.ndarray        # uint32
+    sock: np.ndarray       # uint64
+    server: np.ndarray     # bool: a request the process read (else one it sent)
+    tls: np.ndarray        # bool
+    status: np.ndarray     # uint16: the response's status code
+    payload: np.ndarray    # uint8 (n, width): the request's first bytes; past `captured` undefined
+    captured: np.ndarray   # uint16
+    endpoint: np.ndarray   # int32: each row's index into endpoints
+    endpoints: list[Endpoints]
+
+    def __len__(self) -> int:
+        return len(self.pid)
+
+    def take(self, rows: np.ndarray) -> PairedExchanges:
+        return PairedExchanges(self.start_ns[rows], self.end_ns[rows], self.pid[rows], self.tid[rows],
+                               self.sock[rows], self.server[rows], self.tls[rows], self.status[rows],
+                               self.payload[rows], self.captured[rows], self.endpoint[rows], self.endpoints)
+
+
+# The fixed part of a paired exchange's identity, ahead of its request's bytes (see paired).
+_EXCHANGE_KEY = np.dtype([("endpoint", "<i4"), ("pid", "<u4"), ("status", "<u2"), ("server", "u1"), ("tls", "u1"),
+                          ("captured", "<u2"), ("_pad", "V2")])
+_KEY_WEIGHTS = np.random.default_rng(0x07E1B9F).integers(1, 2**63, 1 + 8192 // 8 + 2, dtype=np.uint64) | np.uint64(1)
 
 
 _ADDRESSES: dict[tuple[int, bytes], str] = {}
@@ -184,7 +231,7 @@ class HttpTracker:
             if len(self._exchanges) >= MAX_CACHED:
                 self._exchanges.clear()
             self._exchanges[key] = known
-        attrs, name, status_code, method, route, scheme, error_type, context = known
+        attrs, name, status_code, context = known
         server = m.direction == 1
         trace_id, span_id, parent_id = self._span_ids(context, server, m)
         span = SpanRecord(
@@ -192,14 +239,124 @@ class HttpTracker:
             kind=SpanKind.SERVER if server else SpanKind.CLIENT,
             start_time_unix_nano=m.ktime_ns + self._offset, end_time_unix_nano=end_ns + self._offset,
             attributes=attrs, status_code=status_code)
-        self._on_span(CompletedSpan(m.pid, span, max(end_ns - m.ktime_ns, 0) / 1e9, method, route, scheme,
-                                    status, error_type))
+        self._on_span(CompletedSpan(m.pid, span))
+
+    def paired(self, run: PairedExchanges, scope: str) -> SpanColumns | None:
+        """Spans of the requests the kernel paired, as columns, without a Python step per
+        request: requests are grouped by what describes them (the connection's endpoints,
+        process, direction, status and request bytes) with a 64-bit hash of those bytes (each
+        group checked byte for byte against its first row), each distinct one is described
+        once (as exchange() does), and ids and times are filled per column. Requests with
+        others pipelined behind them in one message go the way of exchange(). The spans'
+        pids are left for the enrichment stage."""
+        n = len(run)
+        if not n:
+            return None
+        width = (int(run.captured.max()) + 7) & ~7
+        key = np.zeros((n, _EXCHANGE_KEY.itemsize + width), np.uint8)
+        head = key[:, :_EXCHANGE_KEY.itemsize].view(_EXCHANGE_KEY).reshape(n)
+        head["endpoint"], head["pid"], head["status"] = run.endpoint, run.pid, run.status
+        head["server"], head["tls"], head["captured"] = run.server, run.tls, run.captured
+        used = min(width, run.payload.shape[1])
+        key[:, _EXCHANGE_KEY.itemsize:_EXCHANGE_KEY.itemsize + used] = np.where(
+            np.arange(used) < run.captured[:, None], run.payload[:, :used], 0)
+        words = key.view(np.uint64)
+        hashes = (words * _KEY_WEIGHTS[:words.shape[1]]).sum(axis=1)  # wraps: a hash, not a sum
+        _, first, rows = np.unique(hashes, return_index=True, return_inverse=True)
+        rows = rows.reshape(n)
+        clash = np.flatnonzero((words != words[first][rows]).any(axis=1))
+        described = [self._paired_shape(run, int(i)) for i in first.tolist()]
+        for i in clash.tolist():  # another request with the same hash: described on its own
+            rows[i] = len(described)
+            described.append(self._paired_shape(run, i))
+        slow = [g for g, d in enumerate(described) if d is None]
+        if slow:  # pipelined requests: pair them from their messages, in order
+            mask = np.isin(rows, slow)
+            for i in np.flatnonzero(mask).tolist():
+                self._exchange_slowly(self._message(run, i), int(run.end_ns[i]), int(run.status[i]),
+                                      self._parse(self._request_bytes(run, i), http1.parse_requests))
+            keep = ~mask
+            if not keep.any():
+                return None
+            run = run.take(keep)
+            rows = rows[keep]
+            n = len(run)
+        # Each distinct shape once in the batch's list of shapes.
+        shapes: list[SpanShape] = []
+        index: dict[int, int] = {}
+        shape_of = np.zeros(len(described), np.int32)
+        contexts = []
+        for g, d in enumerate(described):
+            if d is None:
+                continue
+            shape, context = d
+            at = index.get(id(shape))
+            if at is None:
+                at = index[id(shape)] = len(shapes)
+                shapes.append(shape)
+            shape_of[g] = at
+            if context is not None:
+                contexts.append((g, context))
+        ids = np.frombuffer(self._rng.randbytes(n * 32), np.uint8).reshape(n, 32)
+        trace_id, span_id = ids[:, :16].copy(), ids[:, 16:24].copy()
+        parent_id = np.zeros((n, 8), np.uint8)
+        if contexts:  # a traceparent in the request: its trace (and for a client, its span id)
+            context_trace = np.zeros((len(described), 16), np.uint8)
+            context_parent = np.zeros((len(described), 8), np.uint8)
+            has = np.zeros(len(described), bool)
+            for g, context in contexts:
+                context_trace[g] = np.frombuffer(context.trace_id, np.uint8)
+                context_parent[g] = np.frombuffer(context.parent_id, np.uint8)
+                has[g] = True
+            on = has[rows]
+            trace_id[on] = context_trace[rows[on]]
+            server_on, client_on = on & run.server, on & ~run.server
+            parent_id[server_on] = context_parent[rows[server_on]]
+            span_id[client_on] = context_parent[rows[client_on]]
+        if self._active_server:  # a server span opened from messages is open on the sending thread
+            without = np.flatnonzero(~run.server & ~np.isin(rows, [g for g, _ in contexts]))
+            for i, pid, tid in zip(without.tolist(), run.pid[without].tolist(), run.tid[without].tolist()):
+                parent = self._active_server.get((pid, tid))
+                if parent is not None:
+                    trace_id[i] = np.frombuffer(parent.trace_id, np.uint8)
+                    parent_id[i] = np.frombuffer(parent.span_id, np.uint8)
+        offset = np.uint64(self._offset)
+        return SpanColumns(scope, shapes, shape_of[rows], trace_id, span_id, parent_id,
+                           run.start_ns + offset, run.end_ns + offset, run.pid.astype(np.uint32))
+
+    def _paired_shape(self, run: PairedExchanges, i: int) -> tuple[SpanShape, http1.TraceContext | None] | None:
+        """What the spans of paired row i's kind share, once per distinct request: None when
+        the message holds more than one request."""
+        m = self._message(run, i)
+        status = int(run.status[i])
+        key = (m.payload, m.pid, m.direction, m.tls, m.family, m.local_address, m.local_port, m.peer_address,
+               m.peer_port, status, "shape")
+        known = self._exchanges.get(key)
+        if known is None:
+            requests = self._parse(m.payload, http1.parse_requests)
+            if len(requests) != 1:
+                return None
+            attrs, name, status_code, context = self._describe_exchange(m, requests[0], status)
+            known = (SpanShape(name, SpanKind.SERVER if m.direction == 1 else SpanKind.CLIENT, attrs, status_code),
+                     context)
+            if len(self._exchanges) >= MAX_CACHED:
+                self._exchanges.clear()
+            self._exchanges[key] = known
+        return known
+
+    @staticmethod
+    def _request_bytes(run: PairedExchanges, i: int) -> bytes:
+        return run.payload[i, :int(run.captured[i])].tobytes()
+
+    def _message(self, run: PairedExchanges, i: int) -> Message:
+        family, local, local_port, peer, peer_port = run.endpoints[int(run.endpoint[i])]
+        return Message(int(run.start_ns[i]), int(run.sock[i]), int(run.pid[i]), int(run.tid[i]),
+                       int(bool(run.server[i])), bool(run.tls[i]), family, local, local_port, peer, peer_port,
+                       self._request_bytes(run, i))
 
     def _describe_exchange(self, m: Message, request: http1.Request, status: int) -> tuple:
-        attrs, name, status_code, method, route, scheme, error_type = self._describe(
-            m, request, m.direction == 1, status, None)
-        return (MappingProxyType(attrs), name, status_code, method, route, scheme, error_type,
-                http1.parse_traceparent(request.traceparent))
+        attrs, name, status_code = self._describe(m, request, m.direction == 1, status, None)
+        return MappingProxyType(attrs), name, status_code, http1.parse_traceparent(request.traceparent)
 
     def _exchange_slowly(self, m: Message, end_ns: int, status: int, requests: list) -> None:
         if not requests:
@@ -319,7 +476,7 @@ class HttpTracker:
             if len(self._described) >= MAX_CACHED:
                 self._described.clear()
             self._described[key] = described
-        attrs, name, status_code, method, route, scheme, error_type = described
+        attrs, name, status_code = described
         attrs = dict(attrs)
         attrs["network.peer.port"] = m.peer_port
         span = SpanRecord(
@@ -328,8 +485,7 @@ class HttpTracker:
             start_time_unix_nano=exchange.start_ns + self._offset, end_time_unix_nano=end_ns + self._offset,
             attributes=attrs, status_code=status_code,
             status_message=failure.replace("_", " ") if failure else "")
-        self._on_span(CompletedSpan(m.pid, span, max(end_ns - exchange.start_ns, 0) / 1e9, method, route,
-                                    scheme, status, error_type))
+        self._on_span(CompletedSpan(m.pid, span))
 
     def _describe(self, m: Message, request: http1.Request, server: bool, status: int | None,
                   failure: str | None) -> tuple:
@@ -371,7 +527,7 @@ class HttpTracker:
         name = f"{method} {route}" if server else method
         if method == "_OTHER":
             name = "HTTP"
-        return attrs, name, status_code, method, route, scheme, error_type
+        return attrs, name, status_code
 
     def _route(self, pid: int, route: str) -> str:
         routes = self._routes.get(pid)
@@ -385,4 +541,3 @@ class HttpTracker:
             return "_OTHER"
         routes.add(route)
         return route
-

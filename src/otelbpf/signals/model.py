@@ -142,7 +142,7 @@ class ProfileBatch:
     profile: Any
 
 
-@dataclass(frozen=True, slots=True, eq=False)
+@dataclass(frozen=True, slots=True, eq=False, weakref_slot=True)
 class SpanShape:
     """What many spans share: their name, kind, attributes and status. A producer describes
     each distinct request once and its spans point at the description (compared by identity:
@@ -190,7 +190,15 @@ class SpanColumns:
     def from_batch(cls, batch: SpanBatch) -> SpanColumns:
         """The row form's spans as columns: spans that share one attribute set (as the HTTP
         tracker's do) and their name, kind and status share a shape."""
-        spans, n = batch.spans, len(batch.spans)
+        columns = cls.of_spans(batch.scope, batch.spans, np.zeros(len(batch.spans), np.uint32))
+        columns.resources, columns.resource = [batch.resource], np.zeros(len(batch.spans), np.int32)
+        return columns
+
+    @classmethod
+    def of_spans(cls, scope: str, spans: list[SpanRecord], pid: np.ndarray,
+                 names: dict[int, bytes] | None = None) -> SpanColumns:
+        """Spans of the row form with the pid of each, for the enrichment stage to join."""
+        n = len(spans)
         shapes: list[SpanShape] = []
         index: dict[tuple, int] = {}
         rows = []
@@ -203,12 +211,16 @@ class SpanColumns:
                 shapes.append(SpanShape(s.name, s.kind, s.attributes, s.status_code, s.status_message))
             rows.append(at)
         return cls(
-            batch.scope, shapes, np.array(rows, np.int32),
+            scope, shapes, np.array(rows, np.int32).reshape(n),
             _ids([s.trace_id for s in spans], 16, "trace_id"), _ids([s.span_id for s in spans], 8, "span_id"),
             _ids([s.parent_span_id or bytes(8) for s in spans], 8, "parent_span_id"),
-            np.array([s.start_time_unix_nano for s in spans], np.uint64),
-            np.array([s.end_time_unix_nano for s in spans], np.uint64),
-            np.zeros(n, np.uint32), resources=[batch.resource], resource=np.zeros(n, np.int32))
+            np.array([s.start_time_unix_nano for s in spans], np.uint64).reshape(n),
+            np.array([s.end_time_unix_nano for s in spans], np.uint64).reshape(n),
+            np.asarray(pid, np.uint32), names=names or {})
+
+    def durations_s(self) -> np.ndarray:
+        """Each span's duration in seconds (0 where the end is before the start)."""
+        return np.maximum(self.end.astype(np.int64) - self.start.astype(np.int64), 0) / 1e9
 
     def take(self, rows: np.ndarray | slice) -> SpanColumns:
         """The rows selected (an index array, a mask or a slice), sharing shapes and resources."""
