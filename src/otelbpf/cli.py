@@ -117,7 +117,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     except ConfigError as e:
         print(f"otelbpf: invalid configuration:\n{e}", file=sys.stderr)
         return EXIT_USAGE
-    agent = Agent(config)
+    agent = Agent(config, config_path=args.config)
     try:
         agent.start()
     except (AgentError, BpfError) as e:
