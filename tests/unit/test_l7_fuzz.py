@@ -3,6 +3,8 @@ cut wherever, feed() and close() return exchanges and never raise; garbage is co
 
 from __future__ import annotations
 
+import struct
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -10,12 +12,31 @@ from otelbpf.protocols.detect import detect
 from otelbpf.protocols.exchange import Direction
 from otelbpf.protocols.l7 import SESSIONS, Connection, Connections
 
+
+def _pg(kind: bytes, body: bytes = b"") -> bytes:
+    return kind + struct.pack(">I", len(body) + 4) + body
+
+
+def _pg_startup() -> bytes:
+    body = struct.pack(">I", 196608) + b"user\0app\0database\0db\0\0"
+    return struct.pack(">I", len(body) + 4) + body
+
+
 chunks = st.lists(st.tuples(st.sampled_from(list(Direction)), st.binary(max_size=300)), max_size=12)
 
 # A plausible start per protocol, so mutations reach deep states rather than failing at byte 0.
 SEEDS: dict[str, list[tuple[Direction, bytes]]] = {
-    "redis": [(Direction.CLIENT, b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\nv\r\n*2\r\n$3\r\nGET\r\n$1\r\nk\r\n"),
+    "redis": [(Direction.CLIENT, b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\nv\r\n*2\r\n$3\r\nGET\r\n$1\r\nk\r\n*1\r\n$4\r\nPING\r\n"),
               (Direction.SERVER, b"+OK\r\n%1\r\n+a\r\n*2\r\n:1\r\n$-1\r\n>2\r\n+x\r\n+y\r\n-ERR no\r\n")],
+    "postgresql": [
+        (Direction.CLIENT, struct.pack(">II", 8, 80877103)), (Direction.SERVER, b"N"),
+        (Direction.CLIENT, _pg_startup()),
+        (Direction.SERVER, _pg(b"R", b"\0\0\0\0") + _pg(b"Z", b"I")),
+        (Direction.CLIENT, _pg(b"P", b"s\0SELECT 1\0\0\0") + _pg(b"B", b"\0s\0\0\0\0\0\0\0") + _pg(b"E", b"\0\0\0\0\0")
+                           + _pg(b"S") + _pg(b"Q", b"SELECT 1/0\0")),
+        (Direction.SERVER, _pg(b"1") + _pg(b"2") + _pg(b"D", b"\0\1\0\0\0\1x") + _pg(b"C", b"SELECT 1\0") + _pg(b"Z", b"I")
+                           + _pg(b"E", b"SERROR\0C22012\0\0") + _pg(b"Z", b"I")),
+    ],
 }
 
 
@@ -72,3 +93,11 @@ def test_unknown_connections_are_ignored_after_one_look():
     assert connection.feed(Direction.CLIENT, 1, b"\x16\x03\x01 TLS hello") == []
     assert connection.feed(Direction.SERVER, 2, b"\x16\x03\x03 TLS hello") == []
     assert connection.ignored and connection.protocol is None
+
+
+def test_seeds_are_valid_conversations():
+    """The mutation seeds parse cleanly unmutated, so the fuzzing starts from real states."""
+    for protocol, seed in SEEDS.items():
+        session = SESSIONS[protocol]()
+        exchanges = [e for i, (direction, chunk) in enumerate(seed) for e in session.feed(direction, i, chunk)]
+        assert exchanges and set(session.counters) <= {"push"}, (protocol, session.counters)

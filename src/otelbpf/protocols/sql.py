@@ -24,6 +24,16 @@ _TOKENS = r"""
 _TOKEN = re.compile(_TOKENS.replace("HASH", ""), re.VERBOSE | re.DOTALL)
 _TOKEN_MYSQL = re.compile(_TOKENS.replace("HASH", r"|\#[^\n]*"), re.VERBOSE | re.DOTALL)  # '#' starts a comment in MySQL only
 _SPACE = re.compile(r"\s+")
+# Statement keywords of PostgreSQL and MySQL: a first word not among them (a typo, a
+# fragment) names no operation.
+_KEYWORDS = """
+    SELECT INSERT UPDATE DELETE MERGE REPLACE UPSERT CREATE DROP ALTER TRUNCATE RENAME WITH VALUES TABLE
+    BEGIN START COMMIT ROLLBACK END ABORT SAVEPOINT RELEASE SET SHOW USE GRANT REVOKE EXPLAIN ANALYZE
+    VACUUM COPY CALL EXECUTE PREPARE DEALLOCATE DECLARE FETCH MOVE CLOSE LOCK UNLOCK LISTEN NOTIFY
+    UNLISTEN DISCARD RESET CHECKPOINT CLUSTER REINDEX COMMENT DO LOAD DESCRIBE DESC HANDLER REFRESH
+    IMPORT OPTIMIZE CHECKSUM FLUSH KILL PURGE XA
+"""
+KEYWORDS = frozenset(_KEYWORDS.split())
 _FIRST_WORD = re.compile(r"\s*(?:/\*.*?\*/\s*|--[^\n]*\n\s*)*\(*\s*([A-Za-z]+)", re.DOTALL)
 # The table an operation works on, when one name follows its keyword (schema-qualified or quoted).
 _NAME = r"((?:[A-Za-z_][\w$]*|\"[^\"]+\"|`[^`]+`)(?:\.(?:[A-Za-z_][\w$]*|\"[^\"]+\"|`[^`]+`))?)"
@@ -72,7 +82,8 @@ def query_text(query: str, *, keep_literals: bool, mysql: bool = False) -> str:
 def operation_name(query: str) -> str:
     """The statement's first keyword, upper case (SELECT, INSERT, BEGIN...); "" when none."""
     match = _FIRST_WORD.match(query)
-    return match.group(1).upper() if match else ""
+    word = match.group(1).upper() if match else ""
+    return word if word in KEYWORDS else ""
 
 
 def collection_name(query: str, operation: str | None = None) -> str | None:
