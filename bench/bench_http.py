@@ -165,8 +165,10 @@ def wrk(port: int, paced: str | None = None) -> float:
     return float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
 
 
-def start_agent(sink: RawSink, nginx_port: int | None = None) -> subprocess.Popen:
+def start_agent(sink: RawSink, nginx_port: int | None = None, baseline: bool = False) -> subprocess.Popen:
     env = {"OTELBPF_HTTP__OPEN_PORTS": str(nginx_port)} if nginx_port else {}
+    if baseline:  # the agent of another checkout (BENCH_BASELINE), for an A/B of two versions in one run
+        env["PYTHONPATH"] = str(Path(BASELINE, "src"))
     return common.start_agent(sink.endpoint, "http", "/tmp/otelbpf-bench-http.log", env)
 
 
@@ -211,7 +213,11 @@ class HooksOnly:
         self.obj.close()
 
 
-MODES = ("without", "hooks only", "kernel only", "agent", "agent, nginx only", "burner")
+# BENCH_BASELINE=/path/to/another/checkout (BPF objects built) adds its agent as two more modes.
+BASELINE = os.environ.get("BENCH_BASELINE")
+MODES = ("without", "hooks only", "kernel only", "agent", "agent, nginx only", "burner") + (
+    ("agent (baseline)", "agent, nginx only (baseline)") if BASELINE else ())
+AGENT_MODES = tuple(m for m in MODES if m.startswith("agent"))
 BURNER = """import sys, time
 busy, idle = float(sys.argv[1]), float(sys.argv[2])
 while True:
@@ -231,9 +237,9 @@ def main() -> str:
     spans = ServerSpans()
     rate = {m: [] for m in MODES}
     nginx_cpu = {m: [] for m in MODES}
-    agent_kreq = {m: [] for m in MODES[3:5]}
-    agent_cores = {m: [] for m in MODES[3:5]}
-    dropped = {m: [] for m in MODES[3:5]}
+    agent_kreq: dict[str, list[float]] = {m: [] for m in AGENT_MODES}
+    agent_cores: dict[str, list[float]] = {m: [] for m in AGENT_MODES}
+    dropped: dict[str, list[int]] = {m: [] for m in AGENT_MODES}
     burner_cores: list[float] = []
     rss, paced_rate, paced_dropped, counted, kernel_records = [], [], [], [], []
     sink = RawSink()
@@ -297,7 +303,7 @@ def main() -> str:
                             kernel.close()
                         kernel_records.append(kernel.records)
                     else:
-                        agent = start_agent(sink, port if mode == "agent, nginx only" else None)
+                        agent = start_agent(sink, port if "nginx only" in mode else None, "baseline" in mode)
                         try:
                             measured(mode, agent)
                             if mode == "agent":
@@ -321,7 +327,7 @@ def main() -> str:
     base = median(rate["without"])
     loss = {m: 1 - median(rate[m]) / base for m in MODES}
     out = header("HTTP sensor overhead")
-    out += (f"\n{ROUNDS} rounds, the six modes alternating (order rotated each round); nginx 1 worker, 6-byte file, "
+    out += (f"\n{ROUNDS} rounds, the {len(MODES)} modes alternating (order rotated each round); nginx 1 worker, 6-byte file, "
             f"wrk -t1 -c{CONNECTIONS} -d{SECONDS}s over 127.0.0.1; the agent exports OTLP/HTTP to a local endpoint "
             "that keeps the bodies while wrk runs and decodes them between runs (a collector would be on "
             "another machine).\n\n")

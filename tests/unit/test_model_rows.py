@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from types import MappingProxyType
 
+import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -19,6 +20,7 @@ from otelbpf.signals.model import (
     Resource,
     Severity,
     SpanBatch,
+    SpanColumns,
     SpanKind,
     SpanRecord,
     StatusCode,
@@ -104,6 +106,25 @@ def same_rows(ours: dict, theirs: dict) -> None:
 def test_spans_in_process_equal_spans_through_otlp(batch):
     """Row for row, in any order: the OTLP encoder groups a request's spans by layout."""
     same_rows(in_any_order(RowBuilder().spans(batch)), in_any_order(span_rows(traces_request([batch]))))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(span_batches(), min_size=1, max_size=3))
+def test_span_columns_give_the_rows_of_their_spans(batches):
+    """The column path (one batch of several resources, as the enrichment stage leaves it)
+    gives the rows of the row path, row for row."""
+    spans = [s for b in batches for s in b.spans]
+    columns = SpanColumns.of_spans("otelbpf.sensors.test", spans, np.zeros(len(spans), np.uint32))
+    columns.resources = [b.resource for b in batches]
+    columns.resource = np.repeat(np.arange(len(batches), dtype=np.int32), [len(b.spans) for b in batches])
+    columns.scope = "otelbpf.sensors.test"
+    ours = {name: list(values) for name, values in RowBuilder().span_columns(columns).items()}
+    theirs: dict = {}
+    builder = RowBuilder()
+    for b in batches:
+        for name, values in builder.spans(b).items():
+            theirs.setdefault(name, []).extend(values)
+    same_rows(in_any_order(ours), in_any_order(theirs))
 
 
 def in_any_order(columns: dict) -> dict:

@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import base64
 import json
+import weakref
 from collections.abc import Mapping
 from types import MappingProxyType
+
+import numpy as np
 
 from otelbpf.signals.model import (
     LogBatch,
@@ -21,11 +24,13 @@ from otelbpf.signals.model import (
     Resource,
     Severity,
     SpanBatch,
+    SpanColumns,
     SpanKind,
+    SpanShape,
     StatusCode,
 )
 from otelbpf.store.otlp_rows import Columns, empty, http_columns, span_kind, status_code
-from otelbpf.store.schema import LOGS, METRIC_POINTS
+from otelbpf.store.schema import LOGS, METRIC_POINTS, SPANS
 
 MAX_SHARED = 1 << 16  # shared attribute sets remembered; forgotten all at once when full
 _SEVERITY_NAMES = {int(s): s.name for s in Severity}
@@ -78,12 +83,63 @@ def to_json(attrs: Mapping) -> str:
     return utf8(json.dumps(attrs, separators=(",", ":"), ensure_ascii=False, default=_plain))
 
 
+# Two hex digits of each byte value, for ids as text with numpy.
+_HEX = np.array([f"{i:02x}" for i in range(256)], "U2")
+
+
+def hex_ids(ids: np.ndarray, zero_is_empty: bool = False) -> np.ndarray:
+    """(n, width) uint8 ids -> n lowercase hex strings; zero_is_empty: an all-zero id (a
+    parent span id of a root span) is ''."""
+    n, width = ids.shape
+    text = np.ascontiguousarray(_HEX[ids]).view(f"U{2 * width}").reshape(n).astype(object)
+    if zero_is_empty:
+        text[~ids.any(axis=1)] = ""
+    return text
+
+
 class RowBuilder:
     """Builds the rows of one sink's batches; its caches are bounded and its own."""
 
     def __init__(self) -> None:
         self._resources: dict[Resource, tuple[str, str]] = {}  # -> (service, JSON)
         self._shared: dict[int, tuple[Mapping, str, tuple]] = {}  # id -> (set, JSON, promoted columns)
+        # shape -> its columns: name, kind, status code and message, method, route, status, attributes JSON
+        self._shapes: weakref.WeakKeyDictionary[SpanShape, tuple] = weakref.WeakKeyDictionary()
+
+    def span_columns(self, columns: SpanColumns) -> Columns:
+        """Spans as columns straight from column batches: what spans share is made text once per
+        shape and resource, then spread over the rows by index (numpy), no Python per span.
+        Batches with per-span attributes (`ints`) take the row path."""
+        if columns.ints:
+            out = empty(SPANS)
+            for batch in columns.to_batches():
+                for name, values in self.spans(batch).items():
+                    out[name].extend(values)
+            return out
+        if columns.resource is None:
+            raise ValueError("span columns have no resources yet: the enrichment stage sets them")
+        n = len(columns)
+        shapes = np.array([self._shape(s) for s in columns.shapes] or [("",) * 8], object)[columns.shape]
+        resources = np.array([self._resource(r) for r in columns.resources] or [("", "")], object)[columns.resource]
+        start, end = columns.start.astype(np.int64), columns.end.astype(np.int64)
+        return {  # as lists of their own: the writer merges a flush's batches by extending lists
+            "time_unix_nano": start, "end_unix_nano": end, "duration_ns": np.maximum(end - start, 0),
+            "trace_id": hex_ids(columns.trace_id), "span_id": hex_ids(columns.span_id),
+            "parent_span_id": hex_ids(columns.parent_span_id, zero_is_empty=True), "service": resources[:, 0],
+            "name": shapes[:, 0], "kind": shapes[:, 1], "status_code": shapes[:, 2], "status_message": shapes[:, 3],
+            "http_method": shapes[:, 4], "http_route": shapes[:, 5], "http_status": shapes[:, 6],
+            "scope": np.full(n, columns.scope, object), "attributes": shapes[:, 7], "resource": resources[:, 1],
+        }
+
+    def _shape(self, shape: SpanShape) -> tuple:
+        known = self._shapes.get(shape)
+        if known is None:
+            attrs_json, (method, route, status) = self._span_attributes(shape.attributes)
+            known = self._shapes[shape] = (
+                utf8(shape.name), _SPAN_KIND_NAMES.get(shape.kind) or span_kind(int(shape.kind)),
+                _STATUS_CODE_NAMES.get(shape.status_code) or status_code(int(shape.status_code)),
+                utf8(shape.status_message) or None, method, route, status, attrs_json)
+        return known
 
     def _resource(self, resource: Resource) -> tuple[str, str]:
         known = self._resources.get(resource)

@@ -30,8 +30,10 @@ class StoreSink:
         self._last_warning = -REFUSAL_LOG_INTERVAL
 
     def export_spans(self, batch: SpanBatch | SpanColumns) -> None:
-        for rows in batch.to_batches() if isinstance(batch, SpanColumns) else [batch]:
-            self._queue(lambda rows=rows: self.writer.append(SPANS, self._rows.spans(rows)))
+        if isinstance(batch, SpanColumns):
+            self._queue(lambda: self.writer.append(SPANS, self._rows.span_columns(batch)))
+        else:
+            self._queue(lambda: self.writer.append(SPANS, self._rows.spans(batch)))
 
     def export_logs(self, batch: LogBatch) -> None:
         self._queue(lambda: self.writer.append(LOGS, self._rows.logs(batch)))

@@ -9,11 +9,13 @@ sender keeps the data and retries instead of it being lost here.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import time
 from collections.abc import Mapping, Sequence
 
+import numpy as np
 from google.protobuf.message import Message
 
 from otelbpf.pipeline.service_map import ServiceMap
@@ -108,14 +110,17 @@ class StoreWriter:
             batches, self._pending, self._pending_rows = self._pending, [], 0
         if not batches:
             return 0
-        merged: dict[str, tuple[Table, dict[str, list]]] = {}
+        parts: dict[str, tuple[Table, dict[str, list]]] = {}
         for table, columns in batches:  # one INSERT per table per flush
-            _, into = merged.setdefault(table.name, (table, {c: [] for c in table.column_names}))
+            _, into = parts.setdefault(table.name, (table, {c: [] for c in table.column_names}))
             for name in table.column_names:
-                into[name].extend(columns[name])
-        rows = sum(len(c[t.column_names[0]]) for t, c in merged.values())
+                into[name].append(columns[name])
+        merged: list[tuple[Table, Columns]] = [
+            (table, {name: _joined(columns, table.numpy_dtype(name)) for name, columns in by_name.items()})
+            for table, by_name in parts.values()]
+        rows = sum(len(c[t.column_names[0]]) for t, c in merged)
         try:
-            written = self.store.write([(table, columns) for table, columns in merged.values()])
+            written = self.store.write(merged)
         except Exception:
             log.exception("store write of %d rows failed; they are dropped", rows)
             self._failed.add(rows)
@@ -152,3 +157,12 @@ class StoreWriter:
             self._thread = None
         self.flush()
         self.store.close()
+
+
+def _joined(parts: list, dtype) -> list | np.ndarray:
+    """One column of a flush from its batches' parts: lists (row builders) are extended, numpy
+    columns (from column batches, scalars only) concatenated without a step per row."""
+    if all(isinstance(p, list) for p in parts):
+        return list(itertools.chain.from_iterable(parts)) if len(parts) > 1 else parts[0]
+    return np.concatenate([p if isinstance(p, np.ndarray) else np.asarray(p, dtype) for p in parts]) \
+        if len(parts) > 1 else parts[0]
