@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from otelbpf.protocols.detect import detect
 from otelbpf.protocols.exchange import Direction
 from otelbpf.protocols.l7 import SESSIONS, Connection, Connections
+from tests.unit import test_mysql_parser as _my
 
 
 def _pg(kind: bytes, body: bytes = b"") -> bytes:
@@ -36,6 +37,17 @@ SEEDS: dict[str, list[tuple[Direction, bytes]]] = {
                            + _pg(b"S") + _pg(b"Q", b"SELECT 1/0\0")),
         (Direction.SERVER, _pg(b"1") + _pg(b"2") + _pg(b"D", b"\0\1\0\0\0\1x") + _pg(b"C", b"SELECT 1\0") + _pg(b"Z", b"I")
                            + _pg(b"E", b"SERROR\0C22012\0\0") + _pg(b"Z", b"I")),
+    ],
+    "mysql": [
+        (Direction.SERVER, _my.greeting(_my.MODERN)), (Direction.CLIENT, _my.handshake_response(_my.MODERN)),
+        (Direction.SERVER, _my.ok(2)),
+        (Direction.CLIENT, _my.packet(0, b"\x03SELECT a FROM t")),
+        (Direction.SERVER, _my.packet(1, b"\x01") + _my.packet(2, b"coldef") + _my.packet(3, b"\x01x") + _my.ok(4, header=0xfe)),
+        (Direction.CLIENT, _my.packet(0, b"\x16SELECT ? FROM t")),
+        (Direction.SERVER, _my.packet(1, b"\x00" + struct.pack("<IHHBH", 1, 1, 1, 0, 0))
+                           + _my.packet(2, b"p") + _my.packet(3, b"c")),
+        (Direction.CLIENT, _my.packet(0, b"\x17" + struct.pack("<IBI", 1, 0, 1))),
+        (Direction.SERVER, _my.packet(1, b"\xff\x7a\x04#42S02No such table")),
     ],
 }
 

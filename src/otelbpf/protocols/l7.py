@@ -14,12 +14,14 @@ from collections.abc import Hashable
 
 from .detect import detect
 from .exchange import Direction, Exchange, Session
+from .mysql import MySQLSession
 from .postgres import PostgresSession
 from .redis import RedisSession
 
 SESSIONS: dict[str, type[Session]] = {
     "redis": RedisSession,
     "postgresql": PostgresSession,
+    "mysql": MySQLSession,
 }
 MAX_CONNECTIONS = 4096
 MAX_UNDETECTED_CHUNKS = 4  # chunks kept while waiting for the other side's first bytes
