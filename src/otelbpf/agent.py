@@ -122,7 +122,9 @@ class Agent:
         self.health = HealthState(self.registry)  # what /healthz and /readyz answer
         self.health_server: HealthServer | None = None
         self._config_watch: ConfigWatch | None = None
-        self.identities = IdentityTable(self.resource)  # who each process is, for every sensor
+        # who each process is, for every sensor: its container, pod and service (config: identity)
+        self.identities = IdentityTable.configured(self.resource, **self.config.identity.model_dump())
+        self.identities.register_metrics(self.registry)
         self.enrichment = Enrichment(self.identities)
 
     # -- start ----------------------------------------------------------------------------

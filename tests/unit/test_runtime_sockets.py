@@ -13,11 +13,13 @@ from contextlib import contextmanager
 
 import pytest
 
+from otelbpf.config import load_config
 from otelbpf.enrich.containerd import ContainerdClient
 from otelbpf.enrich.docker import DockerClient
 from otelbpf.enrich.identity import IdentityTable
 from otelbpf.enrich.runtime import PENDING, Container, ContainerDirectory
 from otelbpf.signals.model import Resource
+from otelbpf.signals.registry import Registry
 
 HOST = Resource.of({"host.name": "h1", "service.name": "otelbpf"})
 CID = "e3" * 32
@@ -92,7 +94,7 @@ def proc_with_container(tmp_path) -> str:
 def lookup_is_prompt(table: IdentityTable) -> dict:
     started = time.monotonic()
     attrs = dict(table.resource(23, b"app").attributes)
-    assert time.monotonic() - started < 0.05, "a lookup waited on a runtime"
+    assert time.monotonic() - started < 0.5, "a lookup waited on a runtime (that takes 2 s to time out)"
     return attrs
 
 
@@ -100,8 +102,8 @@ def lookup_is_prompt(table: IdentityTable) -> dict:
 @pytest.mark.parametrize("client", ["containerd", "docker"])
 def test_a_bad_socket_leaves_identity_empty_and_counted(tmp_path, kind, client):
     path = str(tmp_path / "runtime.sock")
-    make = {"containerd": lambda: ContainerdClient(path, timeout=0.3),
-            "docker": lambda: DockerClient(path, timeout=0.3)}[client]
+    make = {"containerd": lambda: ContainerdClient(path, timeout=2.0),
+            "docker": lambda: DockerClient(path, timeout=2.0)}[client]
     directory = ContainerDirectory([make()], retry_after=60)
     table = IdentityTable(HOST, proc=proc_with_container(tmp_path), containers=directory)
     handler = {"slow": silent, "garbage": garbage}.get(kind)
@@ -220,3 +222,23 @@ def test_a_full_queue_drops_and_counts():
     finally:
         runtime.release.set()
         directory.close()
+
+
+def test_the_table_as_the_config_describes_it_counts_in_the_agents_metrics(tmp_path):
+    config = load_config(None, {"OTELBPF_IDENTITY__CONTAINERD_SOCKET": str(tmp_path / "none.sock"),
+                                "OTELBPF_IDENTITY__DOCKER_SOCKET": str(tmp_path / "docker.sock"),
+                                "OTELBPF_IDENTITY__NODE_NAME": "node-7"}, {})
+    table = IdentityTable.configured(HOST, **config.identity.model_dump())
+    assert table.node_name == "node-7" and table.rules.systemd_unit
+    table._proc = proc_with_container(tmp_path)
+    registry = Registry()
+    table.register_metrics(registry)
+    try:
+        table.resource(23, b"app")
+        assert table.containers is not None and table.containers.wait_idle(5)
+    finally:
+        table.close()
+    points = {i.name: [(dict(p.attributes), p.value) for p in i.points()] for i in registry.instruments()}
+    assert points["otelbpf.identity.unresolved"] == [({}, 1)]
+    assert points["otelbpf.identity.runtime_lookups"] == [
+        ({"result": "failed:containerd:missing"}, 1), ({"result": "failed:docker:missing"}, 1), ({"result": "not_found"}, 1)]

@@ -13,16 +13,19 @@ answered gets the full one.
 from __future__ import annotations
 
 import collections
+import os
+import socket
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 from otelbpf.enrich import procfs
 from otelbpf.enrich.cgroups import NONE, CgroupIdentity, cgroup_identity_of_pid
 from otelbpf.enrich.pods import pod_attributes
-from otelbpf.enrich.runtime import PENDING, Container, ContainerDirectory, Pending
+from otelbpf.enrich.runtime import PENDING, Container, ContainerDirectory, Pending, RuntimeClient
 from otelbpf.enrich.service import ServiceRules, environment_attributes, host_service, pod_service
 from otelbpf.signals.model import Attributes, Resource
+from otelbpf.signals.registry import Registry
 
 MAX_PROCESSES = 16384  # identities kept; the least recently used go first
 
@@ -69,6 +72,44 @@ class IdentityTable:
         self._known: collections.OrderedDict[int, _Entry] = collections.OrderedDict()
         self._lock = threading.Lock()  # sensors drain on threads of their own
         self.unresolved = 0  # resources handed out while the runtime had not named the container yet
+
+    @classmethod
+    def configured(cls, host: Resource, *, containerd_socket: str | None, containerd_namespaces: list[str],
+                   docker_socket: str | None, runtime_timeout: float, max_containers: int, node_name: str | None,
+                   **rules: bool) -> IdentityTable:
+        """The table as the config's identity section describes it (its fields by name): the
+        service.name rules, the runtimes' sockets to ask, the node's name (default: the host
+        name, as kubelet's)."""
+        from otelbpf.enrich.containerd import ContainerdClient  # grpc only where a runtime is asked
+        from otelbpf.enrich.docker import DockerClient
+
+        clients: list[RuntimeClient] = []
+        if containerd_socket:
+            clients.append(ContainerdClient(containerd_socket, tuple(containerd_namespaces), runtime_timeout))
+        if docker_socket:
+            clients.append(DockerClient(docker_socket, runtime_timeout))
+        known_rules = {f.name for f in fields(ServiceRules)}
+        unknown = set(rules) - known_rules
+        if unknown:
+            raise TypeError(f"unknown identity rules {sorted(unknown)} (known: {sorted(known_rules)})")
+        return cls(host, rules=ServiceRules(**rules),
+                   containers=ContainerDirectory(clients, max_entries=max_containers) if clients else None,
+                   node_name=node_name or socket.gethostname())
+
+    def register_metrics(self, registry: Registry) -> None:
+        """The table's counts as the agent's own metrics."""
+        registry.gauge("otelbpf.identity.unresolved",
+                       "Resources handed out before the container runtime named the process's container",
+                       "{lookup}", lambda: [({}, self.unresolved)])
+        containers = self.containers
+        if containers is not None:
+            registry.gauge("otelbpf.identity.runtime_lookups",
+                           "Container runtime lookups by result (found, not_found, dropped, failed:<runtime>:<reason>)",
+                           "{lookup}", lambda: [({"result": name}, n) for name, n in sorted(containers.counts.items())])
+
+    def close(self) -> None:
+        if self.containers is not None:
+            self.containers.close()
 
     def of(self, pid: int, comm: bytes | str = b"") -> ProcessIdentity:
         """The identity of pid; comm: the kernel's command name, for a process already gone."""
@@ -117,8 +158,10 @@ class IdentityTable:
 
     def _read(self, pid: int, comm: bytes | str, read_ns: int) -> _Entry:
         path = procfs.executable(pid, self._proc)
+        # the name from the same read: a process that exits in between is not named by its comm
+        name = os.path.basename(path) if path else procfs.executable_name(0, comm, self._proc)
         cgroup = cgroup_identity_of_pid(pid, self._proc)[0] if pid else NONE
-        identity = ProcessIdentity(pid, procfs.executable_name(pid, comm, self._proc), path, cgroup.container_id)
+        identity = ProcessIdentity(pid, name, path, cgroup.container_id)
         environment = environment_attributes(pid, self._proc) if pid and self.rules.otel_environment else {}
         container = self._container(cgroup)
         if container is PENDING:

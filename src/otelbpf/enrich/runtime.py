@@ -172,4 +172,6 @@ class ContainerDirectory:
         self.counts[f"failed:{runtime}:{reason}"] += 1
         if (runtime, reason) not in self._said:
             self._said.add((runtime, reason))
-            log.warning("container identity: %s (containers stay unnamed until it answers)", detail)
+            # a runtime that is not installed is no fault; one that does not answer is
+            level = logging.DEBUG if reason == "missing" else logging.WARNING
+            log.log(level, "container identity: %s (its containers stay unnamed until it answers)", detail)
