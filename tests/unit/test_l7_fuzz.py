@@ -49,6 +49,10 @@ SEEDS: dict[str, list[tuple[Direction, bytes]]] = {
         (Direction.CLIENT, _my.packet(0, b"\x17" + struct.pack("<IBI", 1, 0, 1))),
         (Direction.SERVER, _my.packet(1, b"\xff\x7a\x04#42S02No such table")),
     ],
+    "memcached": [
+        (Direction.CLIENT, b"set k 0 0 5\r\nhello\r\nget k x\r\nincr n 1\r\nmg k v\r\nstats\r\n"),
+        (Direction.SERVER, b"STORED\r\nVALUE k 0 5\r\nhello\r\nEND\r\nNOT_FOUND\r\nVA 5\r\nhello\r\nSTAT a 1\r\nEND\r\n"),
+    ],
 }
 
 

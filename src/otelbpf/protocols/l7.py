@@ -14,6 +14,7 @@ from collections.abc import Hashable
 
 from .detect import detect
 from .exchange import Direction, Exchange, Session
+from .memcached import MemcachedSession
 from .mysql import MySQLSession
 from .postgres import PostgresSession
 from .redis import RedisSession
@@ -22,6 +23,7 @@ SESSIONS: dict[str, type[Session]] = {
     "redis": RedisSession,
     "postgresql": PostgresSession,
     "mysql": MySQLSession,
+    "memcached": MemcachedSession,
 }
 MAX_CONNECTIONS = 4096
 MAX_UNDETECTED_CHUNKS = 4  # chunks kept while waiting for the other side's first bytes
