@@ -28,6 +28,7 @@ from otelbpf.signals.model import Attributes, Resource
 from otelbpf.signals.registry import Registry
 
 MAX_PROCESSES = 16384  # identities kept; the least recently used go first
+NODE_NAME_ENV = "K8S_NODE_NAME"  # the chart sets it from spec.nodeName
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,8 +79,8 @@ class IdentityTable:
                    docker_socket: str | None, runtime_timeout: float, max_containers: int, node_name: str | None,
                    **rules: bool) -> IdentityTable:
         """The table as the config's identity section describes it (its fields by name): the
-        service.name rules, the runtimes' sockets to ask, the node's name (default: the host
-        name, as kubelet's)."""
+        service.name rules, the runtimes' sockets to ask, the node's name (default: what the
+        DaemonSet's downward API put in K8S_NODE_NAME, else the host name, as kubelet's)."""
         from otelbpf.enrich.containerd import ContainerdClient  # grpc only where a runtime is asked
         from otelbpf.enrich.docker import DockerClient
 
@@ -94,7 +95,7 @@ class IdentityTable:
             raise TypeError(f"unknown identity rules {sorted(unknown)} (known: {sorted(known_rules)})")
         return cls(host, rules=ServiceRules(**rules),
                    containers=ContainerDirectory(clients, max_entries=max_containers) if clients else None,
-                   node_name=node_name or socket.gethostname())
+                   node_name=node_name or os.environ.get(NODE_NAME_ENV) or socket.gethostname())
 
     def register_metrics(self, registry: Registry) -> None:
         """The table's counts as the agent's own metrics."""
