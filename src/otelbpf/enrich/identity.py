@@ -20,7 +20,8 @@ import time
 from dataclasses import dataclass, fields
 
 from otelbpf.enrich import procfs
-from otelbpf.enrich.cgroups import NONE, CgroupIdentity, cgroup_identity_of_pid
+from otelbpf.enrich.cgroups import NONE, CgroupIdentity, cgroup_identity_of_pid, parse_cgroup_path
+from otelbpf.enrich.containers import CgroupResolver
 from otelbpf.enrich.pods import pod_attributes
 from otelbpf.enrich.runtime import PENDING, Container, ContainerDirectory, Pending, RuntimeClient
 from otelbpf.enrich.service import ServiceRules, environment_attributes, host_service, pod_service
@@ -73,6 +74,8 @@ class IdentityTable:
         self._known: collections.OrderedDict[int, _Entry] = collections.OrderedDict()
         self._lock = threading.Lock()  # sensors drain on threads of their own
         self.unresolved = 0  # resources handed out while the runtime had not named the container yet
+        self._cgroups: CgroupResolver | None = None  # cgroup v2 ids to paths, for processes gone
+        self._cgroups_lock = threading.Lock()
 
     @classmethod
     def configured(cls, host: Resource, *, containerd_socket: str | None, containerd_namespaces: list[str],
@@ -112,14 +115,15 @@ class IdentityTable:
         if self.containers is not None:
             self.containers.close()
 
-    def of(self, pid: int, comm: bytes | str = b"") -> ProcessIdentity:
-        """The identity of pid; comm: the kernel's command name, for a process already gone."""
-        return self._entry(pid, comm).identity
+    def of(self, pid: int, comm: bytes | str = b"", cgroup_id: int = 0) -> ProcessIdentity:
+        """The identity of pid; comm: the kernel's command name, and cgroup_id: the cgroup v2
+        id the kernel saw it in (bpf_get_current_cgroup_id), for a process already gone."""
+        return self._entry(pid, comm, cgroup_id).identity
 
-    def resource(self, pid: int, comm: bytes | str = b"") -> Resource:
+    def resource(self, pid: int, comm: bytes | str = b"", cgroup_id: int = 0) -> Resource:
         """The resource of pid's telemetry: the host's, the process's, its container's and
-        pod's, and its service."""
-        return self._entry(pid, comm).resource
+        pod's, and its service (comm and cgroup_id as for `of`)."""
+        return self._entry(pid, comm, cgroup_id).resource
 
     def executed(self, pid: int, at_ns: int) -> None:
         """pid ran a new program at at_ns (the process sensor's exec event, kernel monotonic time):
@@ -137,9 +141,9 @@ class IdentityTable:
         with self._lock:
             return pid in self._known
 
-    def _entry(self, pid: int, comm: bytes | str) -> _Entry:
+    def _entry(self, pid: int, comm: bytes | str, cgroup_id: int) -> _Entry:
         if pid == 0:  # no process known (a socket accepted before the agent): not one to remember
-            return self._read(0, comm, 0)
+            return self._read(0, comm, cgroup_id, 0)
         with self._lock:
             entry = self._known.get(pid)
             if entry is not None:
@@ -150,18 +154,20 @@ class IdentityTable:
             self._complete(entry)
             return entry
         read_ns = time.monotonic_ns()  # before the read: an exec after this makes it stale
-        fresh = self._read(pid, comm, read_ns)
+        fresh = self._read(pid, comm, cgroup_id, read_ns)
         with self._lock:
             entry = self._known.setdefault(pid, fresh)
             while len(self._known) > self._max:
                 self._known.popitem(last=False)
         return entry
 
-    def _read(self, pid: int, comm: bytes | str, read_ns: int) -> _Entry:
+    def _read(self, pid: int, comm: bytes | str, cgroup_id: int, read_ns: int) -> _Entry:
         path = procfs.executable(pid, self._proc)
         # the name from the same read: a process that exits in between is not named by its comm
         name = os.path.basename(path) if path else procfs.executable_name(0, comm, self._proc)
         cgroup = cgroup_identity_of_pid(pid, self._proc)[0] if pid else NONE
+        if cgroup is NONE and cgroup_id and path is None:  # gone: the kernel said where it was
+            cgroup = self._cgroup_of_id(cgroup_id)
         identity = ProcessIdentity(pid, name, path, cgroup.container_id)
         environment = environment_attributes(pid, self._proc) if pid and self.rules.otel_environment else {}
         container = self._container(cgroup)
@@ -170,6 +176,13 @@ class IdentityTable:
         entry = _Entry(identity, Resource(), read_ns, cgroup, environment, container is PENDING)
         entry.resource = self._resource(entry, None if isinstance(container, Pending) else container)
         return entry
+
+    def _cgroup_of_id(self, cgroup_id: int) -> CgroupIdentity:
+        with self._cgroups_lock:  # the resolver is not thread safe; sensors drain on their own threads
+            if self._cgroups is None:
+                self._cgroups = CgroupResolver()
+            path = self._cgroups.resolve(cgroup_id)
+        return parse_cgroup_path(path) if path else NONE
 
     def _complete(self, entry: _Entry) -> None:
         container = self._container(entry.cgroup)
