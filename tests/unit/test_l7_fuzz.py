@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from otelbpf.protocols.detect import detect
 from otelbpf.protocols.exchange import Direction
 from otelbpf.protocols.l7 import SESSIONS, Connection, Connections
+from tests.unit import test_http2_parser as _h2
 from tests.unit import test_mysql_parser as _my
 
 
@@ -48,6 +49,13 @@ SEEDS: dict[str, list[tuple[Direction, bytes]]] = {
                            + _my.packet(2, b"p") + _my.packet(3, b"c")),
         (Direction.CLIENT, _my.packet(0, b"\x17" + struct.pack("<IBI", 1, 0, 1))),
         (Direction.SERVER, _my.packet(1, b"\xff\x7a\x04#42S02No such table")),
+    ],
+    "http2": [
+        (Direction.CLIENT, _h2.HTTP2_PREFACE + _h2.frame(4, 0, 0) + _h2.request(_h2.Encoder(), 1, "/pkg.S/M", grpc=True)
+                           + _h2.frame(0, 1, 1, b"\0\0\0\0\1x")),
+        (Direction.SERVER, _h2.frame(4, 0, 0) + _h2.frame(1, 4, 1, _h2.Encoder().encode([(":status", "200")]))
+                           + _h2.frame(0, 0, 1, b"\0\0\0\0\1y")
+                           + _h2.frame(1, 5, 1, _h2.Encoder().encode([("grpc-status", "0")]))),
     ],
     "memcached": [
         (Direction.CLIENT, b"set k 0 0 5\r\nhello\r\nget k x\r\nincr n 1\r\nmg k v\r\nstats\r\n"),

@@ -21,6 +21,7 @@ PG_GSSENC_REQUEST = 80877104
 PG_CANCEL_REQUEST = 80877102
 
 _HTTP1_REQUEST = re.compile(rb"(?:GET|HEAD|POST|PUT|DELETE|CONNECT|OPTIONS|TRACE|PATCH) \S")
+_H2C_UPGRADE = re.compile(rb"\r\nupgrade:[ \t]*h2c\r\n", re.I)
 _REDIS_ARRAY = re.compile(rb"\*[1-9][0-9]{0,6}\r\n\$[0-9]{1,9}\r\n")
 _MEMCACHED = re.compile(
     rb"(?:(?:get|gets|gat|gats|delete|incr|decr|touch) \S|(?:set|add|replace|append|prepend|cas) \S+ \d+ -?\d+ \d+"
@@ -51,7 +52,7 @@ def _from_client(data: bytes) -> str | None:
     if _is_postgres_first(data):
         return "postgresql"
     if _HTTP1_REQUEST.match(data):
-        return "http1"
+        return "http2" if _H2C_UPGRADE.search(data) else "http1"
     if _REDIS_ARRAY.match(data):
         return "redis"
     if _NATS_CLIENT.match(data):

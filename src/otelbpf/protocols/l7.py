@@ -14,6 +14,7 @@ from collections.abc import Hashable
 
 from .detect import detect
 from .exchange import Direction, Exchange, Session
+from .http2 import Http2Session
 from .memcached import MemcachedSession
 from .mysql import MySQLSession
 from .postgres import PostgresSession
@@ -24,6 +25,7 @@ SESSIONS: dict[str, type[Session]] = {
     "postgresql": PostgresSession,
     "mysql": MySQLSession,
     "memcached": MemcachedSession,
+    "http2": Http2Session,
 }
 MAX_CONNECTIONS = 4096
 MAX_UNDETECTED_CHUNKS = 4  # chunks kept while waiting for the other side's first bytes
