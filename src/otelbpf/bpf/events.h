@@ -244,7 +244,8 @@ struct security_event {
 	__u8 addr[16];         /* connect: destination, IPv4 as ::ffff:a.b.c.d */
 	char comm[OTELBPF_COMM_LEN];
 	char binary[SEC_PATH_LEN];  /* path given to the exec of the running image, "" if unknown */
-	char str[SEC_PATH_LEN];     /* path or string argument as the process passed it */
+	char str[SEC_PATH_LEN];     /* file_open, exec: the opened file's path as the kernel resolved it;
+				     * other hooks: the string argument as the process passed it */
 	struct sec_ancestor ancestors[SEC_ANCESTORS];
 };
 

@@ -10,8 +10,17 @@
  * trie value is the mask of rules whose value is a prefix of the key: the longest match is
  * the union of every rule that matches. Only matches reach the ring buffer.
  *
- * A kill is bpf_send_signal(SIGKILL) at syscall entry: the syscall itself still runs, the
- * process dies on its way back to user space, before its next instruction.
+ * File opens are matched at syscall exit on the file the kernel opened, not on the string
+ * the process passed: the new fd's struct file is taken from the task's fd table and its path
+ * is built from f_path by walking dentries and mounts up to the process's root (as d_path
+ * does, so it is the path the process would see in its own mount namespace). The opened
+ * inode, and its directories for Prefix rules, are also looked up by (device, inode), which
+ * user space resolves at policy load: hard links and bind mounts match too. Execs match the
+ * file the kernel executed (bprm->file) at sched_process_exec.
+ *
+ * A kill is bpf_send_signal(SIGKILL): the process dies on its way back to user space, before
+ * its next instruction. The syscall itself has run: at an open's exit the file is open (and
+ * created or truncated if the flags said so); at an exec the new image is loaded, not run.
  */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
@@ -49,6 +58,13 @@ enum syscall {
 #define INTENT_READ 1
 #define INTENT_WRITE 2
 
+#define PATH_DEPTH 32          /* path components resolved in the kernel (deeper: cut at the top) */
+#define MOUNT_HOPS 8           /* mounts crossed on the way up */
+#define ID_FILE 1              /* hook_conf.filters: the opened inode is looked up by identity */
+#define ID_DIR 2               /* ... and its directories (Prefix rules on a directory) */
+#define EVERY_PATH 4           /* every path goes to the tries (Postfix rules, "/", a partial first name) */
+#define BLOOM_BITS 4096
+
 /* The host's pid namespace: processes in another one count as "in a container". */
 const volatile __u32 host_pidns = 0;
 
@@ -75,12 +91,35 @@ struct hook_conf {
 	__u64 in_rules;        /* match only if the trie says so */
 	__u64 notin_rules;     /* match only if the trie does not say so */
 	__u32 postfix;         /* some rule matches path ends: reverse the path too */
-	__u32 _pad;
+	__u32 filters;         /* ID_*, EVERY_PATH: the lookups the hook's rules need */
 };
 
 struct path_key {
 	__u32 prefixlen;
 	__u8 data[SEC_PATH_LEN]; /* hook byte, then the path: an LPM key holds at most 256 bytes */
+};
+
+/* A protected file or directory by identity, resolved by user space at policy load. */
+struct inode_key {
+	__u8 hook;
+	__u8 kind;             /* ID_FILE: the inode itself is opened; ID_DIR: something below it */
+	__u16 _pad;
+	__u32 dev;             /* the superblock's s_dev (kernel encoding: major << 20 | minor) */
+	__u64 ino;
+};
+
+/* Inode numbers in `inodes`, as bits: most opens are told "not protected" by one load. */
+struct id_bloom {
+	__u64 words[BLOOM_BITS / 64];
+};
+
+/* The first component of rule paths (as "etc" of /etc/shadow): a path whose first component is
+ * none of them matches no Equal or Prefix rule, and is not copied. Names compare on their first
+ * 16 bytes and length: a false "maybe" costs the copy and lookup, never a miss. */
+struct first_name {
+	__u32 hook;
+	__u32 len;
+	__u64 name[2];
 };
 
 struct addr_key {
@@ -110,10 +149,18 @@ struct rate_state {
 	__u64 count;
 };
 
+/* Pass one of the path walk keeps each component's name; pass two copies them in order. */
+struct walk {
+	const unsigned char *names[PATH_DEPTH];
+	__u32 lens[PATH_DEPTH];
+};
+
 struct scratch {
 	struct path_key key;
+	__u8 key_slack[SEC_PATH_LEN]; /* a bound the verifier can see for copies into key */
 	struct path_key rkey;
 	struct proc_state proc;
+	struct walk walk;
 };
 
 struct { __uint(type, BPF_MAP_TYPE_ARRAY); __uint(max_entries, MAX_RULES);
@@ -126,6 +173,12 @@ struct { __uint(type, BPF_MAP_TYPE_LPM_TRIE); __uint(max_entries, 4096); __uint(
 	 __type(key, struct path_key); __type(value, __u64); } postfixes SEC(".maps");
 struct { __uint(type, BPF_MAP_TYPE_LPM_TRIE); __uint(max_entries, 4096); __uint(map_flags, BPF_F_NO_PREALLOC);
 	 __type(key, struct addr_key); __type(value, __u64); } addrs SEC(".maps");
+struct { __uint(type, BPF_MAP_TYPE_HASH); __uint(max_entries, 4096);
+	 __type(key, struct inode_key); __type(value, __u64); } inodes SEC(".maps");
+struct { __uint(type, BPF_MAP_TYPE_ARRAY); __uint(max_entries, 1);
+	 __type(key, __u32); __type(value, struct id_bloom); } inode_bloom SEC(".maps");
+struct { __uint(type, BPF_MAP_TYPE_HASH); __uint(max_entries, 1024);
+	 __type(key, struct first_name); __type(value, __u8); } first_names SEC(".maps");
 struct { __uint(type, BPF_MAP_TYPE_LPM_TRIE); __uint(max_entries, 4096); __uint(map_flags, BPF_F_NO_PREALLOC);
 	 __type(key, struct path_key); __type(value, struct binary_masks); } binaries SEC(".maps");
 struct { __uint(type, BPF_MAP_TYPE_LRU_HASH); __uint(max_entries, 32768);
@@ -412,14 +465,65 @@ static __always_inline void apply(__u64 candidates, struct match_args *m)
 	bpf_loop(MAX_RULES, apply_rule, &c, 0);
 }
 
-/* Match a user-space path (or string) argument against the hook's rules. */
+/* v & 0xff, kept from the compiler's optimiser: the verifier must see the bound. */
+static __always_inline __u32 byte_index(__u32 v)
+{
+	barrier_var(v);
+	return v & 0xff;
+}
+
+struct reverse_ctx {
+	struct scratch *s;
+	__u32 len;
+};
+
+/* rkey = key reversed, one byte per call (a bpf_loop callback: verified once). */
+static long reverse_step(__u32 i, struct reverse_ctx *r)
+{
+	if (i >= r->len)
+		return 1;
+	r->s->rkey.data[byte_index(1 + i)] = r->s->key.data[byte_index(r->len - i)];
+	return 0;
+}
+
+/* The rules whose trie filter (in or not in) the lookups found, with those that have none. */
+static __always_inline __u64 candidates_of(struct hook_conf *c, __u64 found)
+{
+	return (c->rules & ~(c->in_rules | c->notin_rules)) | (c->in_rules & found) | (c->notin_rules & ~found);
+}
+
+/* Rules whose paths match the path in s->key.data[1..len] (NUL-terminated): the prefix trie,
+ * and the postfix trie with the path reversed when some rule matches path ends. */
+static __always_inline __u64 path_matches(struct hook_conf *c, struct scratch *s, __u32 hook, __u32 len)
+{
+	__u64 found = 0, *mask;
+
+	s->key.data[0] = hook;
+	s->key.prefixlen = (2 + len) * 8;
+	mask = bpf_map_lookup_elem(&paths, &s->key);
+	if (mask)
+		found |= *mask;
+	if (c->postfix) {
+		struct reverse_ctx r = { .s = s, .len = len };
+
+		s->rkey.data[0] = hook;
+		bpf_loop(SEC_PATH_LEN - 2, reverse_step, &r, 0);
+		s->rkey.prefixlen = (1 + len) * 8;
+		mask = bpf_map_lookup_elem(&postfixes, &s->rkey);
+		if (mask)
+			found |= *mask;
+	}
+	return found;
+}
+
+/* Match a user-space string argument (mount target, module parameters) against the hook's rules. */
 static __always_inline int match_path(__u32 hook, __u32 syscall, const char *upath, __u32 intent,
 				      __u64 a0, __u64 a1, __u64 a2)
 {
 	struct hook_conf *c = conf_of(hook);
 	struct scratch *s;
 	struct match_args m = {};
-	__u64 candidates, found = 0, *mask;
+	__u64 candidates, found = 0;
 	long n;
 
 	if (!c || !c->rules)
@@ -427,34 +531,15 @@ static __always_inline int match_path(__u32 hook, __u32 syscall, const char *upa
 	s = get_scratch();
 	if (!s)
 		return 0;
-	s->key.data[0] = hook;
 	n = upath ? bpf_probe_read_user_str(&s->key.data[1], SEC_PATH_LEN - 1, upath) : -1;
 	if (n <= 0) {
 		n = 1;
 		s->key.data[1] = 0;
 	}
 	m.str_len = n - 1;
-	if (c->in_rules | c->notin_rules) {
-		s->key.prefixlen = (1 + n) * 8;
-		mask = bpf_map_lookup_elem(&paths, &s->key);
-		if (mask)
-			found |= *mask;
-		if (c->postfix) {
-			__u32 len = n - 1;
-
-			s->rkey.data[0] = hook;
-			for (__u32 i = 0; i < SEC_PATH_LEN - 2; i++) {
-				if (i >= len)
-					break;
-				s->rkey.data[(1 + i) & 0xff] = s->key.data[(len - i) & 0xff];
-			}
-			s->rkey.prefixlen = (1 + len) * 8;
-			mask = bpf_map_lookup_elem(&postfixes, &s->rkey);
-			if (mask)
-				found |= *mask;
-		}
-	}
-	candidates = (c->rules & ~(c->in_rules | c->notin_rules)) | (c->in_rules & found) | (c->notin_rules & ~found);
+	if (c->in_rules | c->notin_rules)
+		found = path_matches(c, s, hook, n - 1);
+	candidates = candidates_of(c, found);
 	if (!candidates)
 		return 0;
 	m.hook = hook;
@@ -471,62 +556,288 @@ static __always_inline int match_path(__u32 hook, __u32 syscall, const char *upa
 	return 0;
 }
 
-static __always_inline __u32 open_intent(__u64 flags)
-{
-	__u32 acc = flags & 3; /* O_ACCMODE */
-	__u32 intent = acc == 0 ? INTENT_READ : acc == 1 ? INTENT_WRITE : INTENT_READ | INTENT_WRITE;
+/* --- the path of an open file, as its process sees it ---------------------------------------- */
 
-	if (flags & (0x40 | 0x200)) /* O_CREAT, O_TRUNC change the file too */
-		intent |= INTENT_WRITE;
-	return intent;
+/* A kfunc the verifier turns into a plain move: it makes a pointer read from kernel memory a
+ * typed (read-only, untrusted) one, so the walk is direct loads, not a helper call per field. */
+extern void *bpf_rdonly_cast(const void *obj, __u32 btf_id) __ksym;
+#define KERNEL_CAST(type, ptr) ((type *)bpf_rdonly_cast((const void *)(ptr), bpf_core_type_id_kernel(type)))
+
+/* Rules protecting this inode (kind ID_FILE) or something below it (ID_DIR). */
+static __always_inline __u64 identity_matches(struct inode *inode, __u32 hook, __u8 kind)
+{
+	struct inode_key k = {};
+	struct id_bloom *bloom;
+	__u32 zero = 0, bit;
+	__u64 *mask, ino;
+
+	if (!inode)
+		return 0;
+	ino = inode->i_ino;
+	bloom = bpf_map_lookup_elem(&inode_bloom, &zero);
+	bit = (ino * 0x9E3779B97F4A7C15ULL) >> 52; /* 12 bits: BLOOM_BITS */
+	if (!bloom || !((bloom->words[(bit >> 6) & 63] >> (bit & 63)) & 1))
+		return 0;
+	k.hook = hook;
+	k.kind = kind;
+	k.dev = inode->i_sb->s_dev;
+	k.ino = ino;
+	mask = bpf_map_lookup_elem(&inodes, &k);
+	return mask ? *mask : 0;
 }
 
-/* --- file --------------------------------------------------------------------------------- */
+struct walk_ctx {
+	struct scratch *s;
+	__u64 dentry;          /* where the walk is (kept as numbers: each step casts them back) */
+	__u64 mnt;             /* struct mount of that dentry */
+	__u64 root_dentry;     /* the process's root */
+	__u64 root_mnt;        /* its struct vfsmount */
+	__u64 found;           /* identity matches of the directories on the way */
+	__u32 n;               /* components kept */
+	__u32 off;             /* pass two: bytes of the key written (hook byte included) */
+	__u32 hook;
+	__u32 filters;
+	bool complete;         /* reached the process's root (or its namespace's) */
+};
 
-SEC("tracepoint/syscalls/sys_enter_openat")
-int sec_openat(struct trace_event_raw_sys_enter *ctx)
+/* Pass one, one step up as d_path goes (at a mount's root, to the mountpoint in the parent
+ * mount): only loads, the names are copied by pass two if the path is wanted at all. */
+static long walk_step(__u32 i, struct walk_ctx *w)
 {
-	return match_path(HOOK_FILE, SYS_OPENAT, (const char *)ctx->args[1], open_intent(ctx->args[2]),
-			  ctx->args[2], ctx->args[3], ctx->args[0]);
+	struct dentry *d = KERNEL_CAST(struct dentry, w->dentry);
+	struct mount *mnt = KERNEL_CAST(struct mount, w->mnt);
+	struct dentry *mnt_root = mnt->mnt.mnt_root;
+	struct dentry *parent = d->d_parent;
+	__u32 n = w->n;
+
+	if (w->dentry == w->root_dentry && w->mnt + bpf_core_field_offset(struct mount, mnt) == w->root_mnt) {
+		w->complete = true;
+		return 1;
+	}
+	if ((w->filters & ID_DIR) && i > 0) /* a directory above the file, mount roots included */
+		w->found |= identity_matches(d->d_inode, w->hook, ID_DIR);
+	if (d == mnt_root || d == parent) {
+		struct mount *up = mnt->mnt_parent;
+
+		if (up == mnt || d != mnt_root) { /* the namespace's root, or a dentry cut loose */
+			w->complete = true;
+			return 1;
+		}
+		w->dentry = (__u64)mnt->mnt_mountpoint;
+		w->mnt = (__u64)up;
+		return 0;
+	}
+	if (n >= PATH_DEPTH)
+		return 1; /* deeper than we resolve: the top components are left out */
+	w->s->walk.names[n & (PATH_DEPTH - 1)] = d->d_name.name;
+	w->s->walk.lens[n & (PATH_DEPTH - 1)] = d->d_name.len;
+	w->n = n + 1;
+	w->dentry = (__u64)parent;
+	return 0;
 }
 
-SEC("tracepoint/syscalls/sys_enter_openat2")
-int sec_openat2(struct trace_event_raw_sys_enter *ctx)
+/* Pass two: component j from the top, after a '/' (none before the first of a cut path). */
+static long copy_step(__u32 j, struct walk_ctx *w)
 {
-	struct open_how how = {};
+	struct scratch *s = w->s;
+	__u32 off = w->off, idx, len;
 
-	bpf_probe_read_user(&how, sizeof(how), (void *)ctx->args[2]);
-	return match_path(HOOK_FILE, SYS_OPENAT2, (const char *)ctx->args[1], open_intent(how.flags),
-			  how.flags, how.mode, ctx->args[0]);
+	if (j >= w->n || off >= SEC_PATH_LEN - 2)
+		return 1;
+	idx = (w->n - 1 - j) & (PATH_DEPTH - 1);
+	if (j > 0 || w->complete)
+		s->key.data[byte_index(off++)] = '/';
+	len = s->walk.lens[idx];
+	if (len > SEC_PATH_LEN - 2 - off)
+		len = SEC_PATH_LEN - 2 - off;
+	len = byte_index(len);
+	bpf_probe_read_kernel(&s->key.data[byte_index(off)], len, s->walk.names[idx]);
+	w->off = off + len;
+	return 0;
 }
 
-SEC("tracepoint/syscalls/sys_enter_open")
-int sec_open(struct trace_event_raw_sys_enter *ctx)
+/* Pass one from (dentry, vfsmnt) up to the current process's root. */
+static __always_inline void walk_up(struct walk_ctx *w, struct scratch *s, struct dentry *dentry,
+				    struct vfsmount *vfsmnt, __u32 hook, __u32 filters)
 {
-	return match_path(HOOK_FILE, SYS_OPEN, (const char *)ctx->args[0], open_intent(ctx->args[1]),
-			  ctx->args[1], ctx->args[2], (__u64)-100);
+	struct task_struct *task = bpf_get_current_task_btf();
+
+	w->s = s;
+	w->dentry = (__u64)dentry;
+	w->mnt = (__u64)vfsmnt - bpf_core_field_offset(struct mount, mnt);
+	w->root_dentry = (__u64)task->fs->root.dentry;
+	w->root_mnt = (__u64)task->fs->root.mnt;
+	w->hook = hook;
+	w->filters = filters;
+	bpf_loop(PATH_DEPTH + MOUNT_HOPS, walk_step, w, 0);
 }
 
-SEC("tracepoint/syscalls/sys_enter_creat")
-int sec_creat(struct trace_event_raw_sys_enter *ctx)
+/* Whether the walked path's first component is one some Equal or Prefix rule starts with. */
+static __always_inline bool first_name_listed(struct walk_ctx *w)
 {
-	return match_path(HOOK_FILE, SYS_CREAT, (const char *)ctx->args[0], INTENT_WRITE,
-			  0x241 /* O_CREAT|O_WRONLY|O_TRUNC */, ctx->args[1], (__u64)-100);
+	struct first_name k = {};
+	__u32 top, len;
+
+	if (!w->complete || !w->n)
+		return false;
+	top = (w->n - 1) & (PATH_DEPTH - 1);
+	len = w->s->walk.lens[top];
+	k.hook = w->hook;
+	k.len = len;
+	bpf_probe_read_kernel(k.name, sizeof(k.name), w->s->walk.names[top]);
+	if (len < 8) {
+		k.name[0] &= (1ULL << (8 * len)) - 1;
+		k.name[1] = 0;
+	} else if (len < 16) {
+		k.name[1] &= (1ULL << (8 * (len - 8))) - 1;
+	}
+	return bpf_map_lookup_elem(&first_names, &k) != 0;
 }
 
-/* --- exec and mount: the path given ---------------------------------------------------------- */
-
-SEC("tracepoint/syscalls/sys_enter_execve")
-int sec_execve(struct trace_event_raw_sys_enter *ctx)
+/* Pass two: the walked path into s->key.data[1..] (NUL-terminated, cut at SEC_PATH_LEN - 2
+ * bytes); returns its length. A path deeper than PATH_DEPTH lacks its top and its leading '/':
+ * no absolute rule matches it. */
+static __always_inline __u32 path_from_walk(struct walk_ctx *w)
 {
-	return match_path(HOOK_EXEC, SYS_EXECVE, (const char *)ctx->args[0], 0, 0, 0, (__u64)-100);
+	struct scratch *s = w->s;
+	__u32 off;
+
+	w->off = 1;
+	bpf_loop(PATH_DEPTH, copy_step, w, 0);
+	off = w->off;
+	if (off == 1)
+		s->key.data[off++] = '/';
+	if (off > SEC_PATH_LEN - 1)
+		off = SEC_PATH_LEN - 1;
+	s->key.data[byte_index(off)] = 0;
+	return off - 1;
 }
 
-SEC("tracepoint/syscalls/sys_enter_execveat")
-int sec_execveat(struct trace_event_raw_sys_enter *ctx)
+/* Rules matching an opened or executed file: its identity (inodes), and its path (tries) when
+ * the path can match or is wanted anyway (want_path; *len is 0 when it was not built). */
+static __always_inline __u64 file_matches(struct hook_conf *c, struct scratch *s, struct file *f, __u32 hook,
+					  bool want_path, __u32 *len)
 {
-	return match_path(HOOK_EXEC, SYS_EXECVEAT, (const char *)ctx->args[1], 0, ctx->args[4], 0, ctx->args[0]);
+	struct walk_ctx w = {};
+	__u64 found = 0;
+
+	if (c->filters & ID_FILE)
+		found |= identity_matches(f->f_inode, hook, ID_FILE);
+	walk_up(&w, s, f->f_path.dentry, f->f_path.mnt, hook, c->filters);
+	found |= w.found;
+	*len = 0;
+	if (!found && !want_path && !(c->filters & EVERY_PATH) && !first_name_listed(&w))
+		return 0;
+	*len = path_from_walk(&w);
+	return found | path_matches(c, s, hook, *len);
 }
+
+/* The struct file of the current process's fd, or NULL. */
+static __always_inline struct file *file_of_fd(struct task_struct *task, long fd)
+{
+	struct fdtable *fdt = task->files->fdt;
+	struct file *file = 0;
+
+	if (!fdt || fd < 0 || fd >= fdt->max_fds)
+		return 0;
+	/* fdt->fd is an array of pointers: the one read the verifier cannot type. */
+	bpf_probe_read_kernel(&file, sizeof(file), &fdt->fd[fd]);
+	return file ? KERNEL_CAST(struct file, file) : 0;
+}
+
+/* --- file: at the exit of an open, the file it opened ---------------------------------------- */
+
+#define FMODE_READ 0x1
+#define FMODE_WRITE 0x2
+#define O_CREAT 0x40
+#define O_TRUNC 0x200
+
+/* Rules on an open that returned fd `ret`. Cheapest first: no file rule, a failed open; then
+ * the walk and the lookups; the syscall's flags are read from its saved registers only for a
+ * match. */
+static __always_inline int match_open(__u32 syscall, long ret)
+{
+	struct hook_conf *c = conf_of(HOOK_FILE);
+	struct task_struct *task;
+	struct match_args m = {};
+	struct pt_regs *regs;
+	struct scratch *s;
+	struct file *f;
+	__u64 candidates, flags = 0, mode = 0, dirfd = (__u64)-100;
+	__u32 len, fmode;
+
+	if (!c || !c->rules || ret < 0)
+		return 0;
+	task = bpf_get_current_task_btf();
+	f = file_of_fd(task, ret);
+	s = get_scratch();
+	if (!f || !s)
+		return 0;
+	candidates = candidates_of(c, file_matches(c, s, f, HOOK_FILE, false, &len));
+	if (!candidates)
+		return 0;
+	regs = (struct pt_regs *)bpf_task_pt_regs(task);
+	if (syscall == SYS_OPENAT) {
+		dirfd = PT_REGS_PARM1_CORE_SYSCALL(regs);
+		flags = PT_REGS_PARM3_CORE_SYSCALL(regs);
+		mode = PT_REGS_PARM4_CORE_SYSCALL(regs);
+	} else if (syscall == SYS_OPENAT2) {
+		struct open_how how = {};
+
+		bpf_probe_read_user(&how, sizeof(how), (void *)PT_REGS_PARM3_CORE_SYSCALL(regs));
+		dirfd = PT_REGS_PARM1_CORE_SYSCALL(regs);
+		flags = how.flags;
+		mode = how.mode;
+	} else if (syscall == SYS_OPEN) {
+		flags = PT_REGS_PARM2_CORE_SYSCALL(regs);
+		mode = PT_REGS_PARM3_CORE_SYSCALL(regs);
+	} else {
+		flags = 0x241; /* creat: O_CREAT|O_WRONLY|O_TRUNC */
+		mode = PT_REGS_PARM2_CORE_SYSCALL(regs);
+	}
+	fmode = f->f_mode;
+	m.intent = (fmode & FMODE_READ ? INTENT_READ : 0) | (fmode & FMODE_WRITE ? INTENT_WRITE : 0);
+	if (flags & (O_CREAT | O_TRUNC)) /* they change the file too */
+		m.intent |= INTENT_WRITE;
+	m.hook = HOOK_FILE;
+	m.syscall = syscall;
+	m.args[0] = flags;
+	m.args[1] = mode;
+	m.args[2] = dirfd;
+	m.value = flags;
+	m.value2 = ~0ULL;
+	m.value3 = ~0ULL;
+	m.str_len = len;
+	m.str = (char *)&s->key.data[1];
+	apply(candidates, &m);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_exit_openat")
+int sec_openat(struct trace_event_raw_sys_exit *ctx)
+{
+	return match_open(SYS_OPENAT, ctx->ret);
+}
+
+SEC("tracepoint/syscalls/sys_exit_openat2")
+int sec_openat2(struct trace_event_raw_sys_exit *ctx)
+{
+	return match_open(SYS_OPENAT2, ctx->ret);
+}
+
+SEC("tracepoint/syscalls/sys_exit_open")
+int sec_open(struct trace_event_raw_sys_exit *ctx)
+{
+	return match_open(SYS_OPEN, ctx->ret);
+}
+
+SEC("tracepoint/syscalls/sys_exit_creat")
+int sec_creat(struct trace_event_raw_sys_exit *ctx)
+{
+	return match_open(SYS_CREAT, ctx->ret);
+}
+
+/* --- mount: the target given ------------------------------------------------------------------ */
 
 SEC("tracepoint/syscalls/sys_enter_mount")
 int sec_mount(struct trace_event_raw_sys_enter *ctx)
@@ -676,24 +987,75 @@ int sec_connect(struct trace_event_raw_sys_enter *ctx)
 	return 0;
 }
 
-/* --- per-process binary selectors, evaluated once per exec ---------------------------------- */
+/* --- exec: the file the kernel executed ------------------------------------------------------- */
 
+#if defined(__TARGET_ARCH_x86)
+#define EXECVEAT_NR 322
+#define SYSCALL_NR(regs) ((regs)->orig_ax)
+#elif defined(__TARGET_ARCH_arm64)
+#define EXECVEAT_NR 281
+#define SYSCALL_NR(regs) ((regs)->syscallno)
+#endif
+
+/* Exec rules on the file the kernel executed (bprm->file: a symlink or a relative path is
+ * resolved, a script's is its interpreter), and on the path given to exec (a script's own
+ * path). The new image is loaded and not yet run: a kill here stops it before its first
+ * instruction. Rules see the binary selectors of the image that called exec. */
+static __always_inline __u32 match_exec(struct scratch *s, struct linux_binprm *bprm, struct hook_conf *c)
+{
+	struct match_args m = {};
+	__u64 found = 0, candidates;
+	__u32 len;
+	long n;
+
+	if (c->in_rules | c->notin_rules) {
+		n = bpf_probe_read_kernel_str(&s->key.data[1], SEC_PATH_LEN - 1, bprm->filename);
+		if (n > 0)
+			found = path_matches(c, s, HOOK_EXEC, n - 1);
+	}
+	found |= file_matches(c, s, bprm->file, HOOK_EXEC, true, &len);
+	candidates = candidates_of(c, found);
+	if (!candidates)
+		return len;
+	m.hook = HOOK_EXEC;
+	m.syscall = SYS_EXECVE;
+#ifdef EXECVEAT_NR
+	{
+		struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
+
+		if (SYSCALL_NR(regs) == EXECVEAT_NR)
+			m.syscall = SYS_EXECVEAT;
+	}
+#endif
+	m.value2 = ~0ULL;
+	m.value3 = ~0ULL;
+	m.str_len = len;
+	m.str = (char *)&s->key.data[1];
+	apply(candidates, &m);
+	return len;
+}
+
+/* Per-process binary selectors, evaluated once per exec on the executed file's path. */
 SEC("tp_btf/sched_process_exec")
 int BPF_PROG(sec_exec, struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm)
 {
 	struct scratch *s = get_scratch();
+	struct hook_conf *c = conf_of(HOOK_EXEC);
 	struct binary_masks *found;
-	__u32 pid = BPF_CORE_READ(p, tgid);
-	long n;
+	struct walk_ctx w = {};
+	__u32 pid = p->tgid, len;
 
-	if (!s)
+	if (!s || !c)
 		return 0;
+	if (c->rules) {
+		len = match_exec(s, bprm, c);
+	} else {
+		walk_up(&w, s, bprm->file->f_path.dentry, bprm->file->f_path.mnt, HOOK_EXEC, 0);
+		len = path_from_walk(&w);
+	}
 	__builtin_memset(&s->proc, 0, sizeof(s->proc));
-	n = bpf_probe_read_kernel_str(&s->key.data[1], SEC_PATH_LEN - 1, BPF_CORE_READ(bprm, filename));
-	if (n <= 0)
-		return 0;
-	s->key.data[0] = 0;
-	s->key.prefixlen = (1 + n) * 8;
+	s->key.data[0] = 0; /* the binaries trie: hook byte 0, the path the walk left in the key */
+	s->key.prefixlen = (2 + len) * 8;
 	found = bpf_map_lookup_elem(&binaries, &s->key);
 	if (found)
 		s->proc.masks = *found;

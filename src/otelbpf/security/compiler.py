@@ -4,17 +4,20 @@ Each rule gets a slot in the rule table. String and address values become LPM tr
 (hook byte + value); a trie value is the mask of rules whose key is a prefix of it, ORed with
 those of every shorter key that is a prefix too, so the kernel's one longest-prefix lookup
 yields every rule that matches. Exact paths end with their NUL, so they are prefixes only of
-themselves; postfixes are stored reversed and looked up with the reversed path.
+themselves; postfixes are stored reversed and looked up with the reversed path. Paths of
+file_open and exec rules are also resolved to (device, inode) identities (security.identity).
 """
 
 from __future__ import annotations
 
 import ipaddress
 import os
+import struct
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from otelbpf.security import identity
 from otelbpf.security.hooks import ACTIONS, HOOKS, MAX_RULES, MAX_VALUES
 from otelbpf.security.policy import Policy, PolicyError, Rule
 
@@ -34,7 +37,10 @@ RULE = np.dtype([
     ("cgroups", "<u8", MAX_VALUES), ("rate_window_ns", "<u8"),
 ])
 HOOK_CONF = np.dtype([("rules", "<u8"), ("in_rules", "<u8"), ("notin_rules", "<u8"),
-                      ("postfix", "<u4"), ("_pad", "<u4")])
+                      ("postfix", "<u4"), ("filters", "<u4")])
+IDENTITY_HOOKS = ("file_open", "exec")  # hooks whose kernel side looks opened files up by identity
+EVERY_PATH = 4  # hook_conf.filters: every path to the tries (bpf/security.bpf.c)
+FIRST_NAME = struct.Struct("<II16s")  # struct first_name: hook, length, the first 16 bytes
 BINARY_MASKS = np.dtype([("as_binary", "<u8"), ("as_parent", "<u8")])
 
 TrieKey = tuple[bytes, int]  # (data, prefix length in bits)
@@ -62,6 +68,9 @@ class Compiled:
     postfixes: dict[TrieKey, int] = field(default_factory=dict)
     addrs: dict[TrieKey, int] = field(default_factory=dict)
     binaries: dict[TrieKey, tuple[int, int]] = field(default_factory=dict)  # -> (as_binary, as_parent)
+    identities: dict[identity.IdentitySource, int] = field(default_factory=dict)  # -> rule mask
+    inodes: dict[bytes, int] = field(default_factory=dict)          # struct inode_key -> rule mask
+    first_names: set[bytes] = field(default_factory=set)            # struct first_name keys
 
     def binary_masks(self, path: str) -> tuple[int, int]:
         """What the kernel computes at exec for a binary path (used to seed running processes)."""
@@ -82,6 +91,7 @@ def compile_policies(policies: list[Policy], *, first_slot: int = 0, enforce: bo
     own: dict[str, dict[TrieKey, int]] = {"paths": {}, "postfixes": {}, "addrs": {}}
     own_bin: dict[TrieKey, list[int]] = {}
     hooks: dict[int, list[int]] = {}
+    filters: dict[int, int] = {}  # hook id -> ID_* and EVERY_PATH bits
     slot = first_slot
     for policy in policies:
         for index, rule in enumerate(policy.rules):
@@ -102,6 +112,17 @@ def compile_policies(policies: list[Policy], *, first_slot: int = 0, enforce: bo
                 conf_masks[2] |= bit
             if rule.paths and any(m.op == "Postfix" for m in rule.paths):
                 conf_masks[3] = 1
+            if rule.hook in IDENTITY_HOOKS:
+                for match in rule.paths or []:
+                    for value in match.values:
+                        for source in identity.sources_of(hook.id, match.op, value):
+                            out.identities[source] = out.identities.get(source, 0) | bit
+                            filters[hook.id] = filters.get(hook.id, 0) | source.kind
+                        first = _first_name(hook.id, match.op, value)
+                        if first is None:
+                            filters[hook.id] = filters.get(hook.id, 0) | EVERY_PATH
+                        else:
+                            out.first_names.add(first)
             action = rule.action if enforce or rule.action == "post" else "post"
             out.rules[slot] = _rule_struct(rule, hook.id, flags, action, where)
             out.infos[slot] = RuleInfo(policy.name, index, rule.hook, rule.severity or policy.severity,
@@ -110,6 +131,7 @@ def compile_policies(policies: list[Policy], *, first_slot: int = 0, enforce: bo
     for hook_id, (rules, in_rules, notin_rules, postfix) in hooks.items():
         conf = np.zeros(1, HOOK_CONF)[0]
         conf["rules"], conf["in_rules"], conf["notin_rules"], conf["postfix"] = rules, in_rules, notin_rules, postfix
+        conf["filters"] = filters.get(hook_id, 0)
         out.hooks[hook_id] = conf
     for name, entries in own.items():
         if len(entries) > TRIE_ENTRIES:
@@ -119,6 +141,7 @@ def compile_policies(policies: list[Policy], *, first_slot: int = 0, enforce: bo
     as_binary = _with_prefixes({k: v[0] for k, v in own_bin.items()})
     as_parent = _with_prefixes({k: v[1] for k, v in own_bin.items()})
     out.binaries = {k: (as_binary[k], as_parent[k]) for k in own_bin}
+    out.inodes = identity.resolve(out.identities)
     return out
 
 
@@ -170,6 +193,18 @@ def _rule_filters(rule: Rule, where: str, bit: int, own: dict[str, dict[TrieKey,
     if rule.ports or rule.ids or rule.requests:
         flags |= R_VALUES
     return flags, conf
+
+
+def _first_name(hook_id: int, op: str, value: str) -> bytes | None:
+    """The struct first_name every path this value matches starts with, or None when there is
+    no such one name (Postfix, "/", a Prefix that ends inside its first component)."""
+    if op == "Postfix":
+        return None
+    first, slash, _ = value[1:].partition("/")
+    if not first or (op == "Prefix" and not slash):
+        return None
+    raw = first.encode()
+    return FIRST_NAME.pack(hook_id, len(raw), raw[:16])
 
 
 def _rule_struct(rule: Rule, hook_id: int, flags: int, action: str, where: str) -> bytes:

@@ -1,10 +1,10 @@
 """struct security_event (bpf/events.h): its numpy mirror and its OTLP log record.
 
 The kernel copies the process's ancestry (pid, start time, comm) into the event at the match,
-so it is right even when the processes are gone by the time user space reads it; binaries,
-arguments and the working directory are added from /proc for processes still alive (a killed
-process is not), and only when /proc's start time matches the event's, so a reused pid never
-lends its name.
+so it is right even when the processes are gone by the time user space reads it; a file's
+path is the one the kernel built for the opened file. Binaries and arguments are added from
+/proc for processes still alive (a killed process is not), and only when /proc's start time
+matches the event's, so a reused pid never lends its name.
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ from otelbpf.signals.model import LogRecord, Severity
 EVENT_NAME = "security.policy.match"
 ANCESTORS = 4
 NS_PER_SEC = 1_000_000_000
-AT_FDCWD = -100
 
 ANCESTOR = np.dtype([("start_time_ns", "<u8"), ("pid", "<u4"), ("_pad", "<u4"), ("comm", "S16")])
 SECURITY_EVENT = np.dtype([
@@ -70,14 +69,6 @@ def _cmdline(pid: int) -> list[str] | None:
 
 def exec_id(boot_id: str, pid: int, start_ns: int) -> str:
     return f"{boot_id}:{start_ns}:{pid}"
-
-
-def resolve_path(path: str, pid: int, dirfd: int, start_ns: int) -> str | None:
-    """A relative path as the process meant it, from its cwd or dirfd in /proc (while alive)."""
-    if path.startswith("/") or not _same_process(pid, start_ns):
-        return None
-    base = procfs.working_directory(pid) if dirfd == AT_FDCWD else procfs.fd_target(pid, dirfd)
-    return os.path.normpath(os.path.join(base, path)) if base else None
 
 
 def to_record(e: np.void, info: RuleInfo, *, boot_id: str, clock_offset: int, host_pidns: int,
@@ -141,13 +132,8 @@ def _argument_attributes(e: np.void, hook: str, syscall: str, attrs: dict) -> No
     args = [int(a) for a in e["args"]]
     text = _text(e["str"][: int(e["str_len"])])
     if hook == "file_open":
-        attrs["file.path"] = text
+        attrs["file.path"] = text  # the kernel's path of the opened file, not the string the process gave
         attrs["otelbpf.security.open_flags"] = args[0]
-        low = args[2] & 0xFFFFFFFF  # an int dirfd, sign-extended by the syscall ABI
-        dirfd = low - (1 << 32) if low >= 1 << 31 else low
-        resolved = resolve_path(text, int(e["pid"]), dirfd, int(e["start_time_ns"]))
-        if resolved:
-            attrs["otelbpf.security.resolved_path"] = resolved
     elif hook in ("exec", "mount"):
         attrs["file.path"] = text
     elif hook == "module_load":

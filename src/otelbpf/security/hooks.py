@@ -20,7 +20,7 @@ class Hook:
 
 HOOKS: dict[str, Hook] = {
     "file_open": Hook(1, ("sec_openat", "sec_openat2", "sec_open", "sec_creat"), ("paths",)),
-    "exec": Hook(2, ("sec_execve", "sec_execveat"), ("paths",)),
+    "exec": Hook(2, (), ("paths",)),  # matched in sec_exec (sched_process_exec), always attached
     "connect": Hook(3, ("sec_connect",), ("addresses", "ports")),
     "privilege": Hook(4, ("sec_setuid", "sec_setgid", "sec_setreuid", "sec_setregid", "sec_setresuid",
                           "sec_setresgid", "sec_capset"), ("ids",)),
@@ -30,8 +30,17 @@ HOOKS: dict[str, Hook] = {
 }
 HOOK_NAMES = {h.id: name for name, h in HOOKS.items()}
 
-# Programs that keep per-process binary selector state; always attached.
+# Programs that keep per-process binary selector state (and match exec rules); always attached.
 PROCESS_PROGRAMS = ("sec_exec", "sec_fork", "sec_exit")
+
+# File opens are matched at syscall exit, on the file the kernel opened.
+_AT_EXIT = ("sec_openat", "sec_openat2", "sec_open", "sec_creat")
+
+
+def tracepoint_of(program: str) -> str:
+    """The syscalls:* tracepoint a hook program attaches to."""
+    name = program.removeprefix("sec_")
+    return f"sys_exit_{name}" if program in _AT_EXIT else f"sys_enter_{name}"
 
 SYSCALLS = {1: "openat", 2: "openat2", 3: "open", 4: "creat", 5: "execve", 6: "execveat", 7: "connect",
             8: "setuid", 9: "setgid", 10: "setreuid", 11: "setregid", 12: "setresuid", 13: "setresgid",

@@ -15,6 +15,7 @@ import numpy as np
 from otelbpf.enrich import procfs
 from otelbpf.kernel import BpfError, BpfObject
 from otelbpf.kernel.objects import BPF_NOEXIST, possible_cpus
+from otelbpf.security import identity
 from otelbpf.security.compiler import BINARY_MASKS, GENERATION_SLOTS, HOOK_CONF, LPM_DATA, Compiled, TrieKey
 from otelbpf.security.hooks import HOOKS
 
@@ -67,6 +68,11 @@ class PolicyMaps:
             ob, op = old.binaries.get(key, (0, 0))
             self._maps["binaries"].update(_trie_key(key, LPM_DATA),
                                           _u64((ob & old_bits) | as_bin) + _u64((op & old_bits) | as_par))
+        self._write_bloom(old.inodes.keys() | new.inodes.keys())
+        for key, mask in new.inodes.items():
+            self._maps["inodes"].update(key, _u64((old.inodes.get(key, 0) & old_bits) | mask))
+        for key in new.first_names:
+            self._maps["first_names"].update(key, b"\1")
         self._rewrite_procs(new, keep_bits=old_bits)
         for hook in HOOKS.values():  # the switch
             conf = new.hooks.get(hook.id, np.zeros(1, HOOK_CONF)[0])
@@ -76,6 +82,9 @@ class PolicyMaps:
                 self._maps[name].delete(_trie_key(key, size))
             for key in getattr(old, name).keys() & getattr(new, name).keys():
                 self._maps[name].update(_trie_key(key, size), _u64(getattr(new, name)[key]))
+        self._write_inodes(old.inodes, new.inodes)
+        for key in old.first_names - new.first_names:
+            self._maps["first_names"].delete(key)
         for key in old.binaries.keys() - new.binaries.keys():
             self._maps["binaries"].delete(_trie_key(key, LPM_DATA))
         for key in old.binaries.keys() & new.binaries.keys():
@@ -85,6 +94,32 @@ class PolicyMaps:
         for slot in old.rules:
             self._maps["rules"].update(_u32(slot), bytes(self._maps["rules"].value_size))
         self.live, self.generation = new, new_gen
+
+    def refresh_identities(self) -> bool:
+        """Resolve the live rules' paths again (a protected file replaced by a rename over it is
+        a new inode; a file created since is one to protect); True if the kernel's table changed."""
+        if self.live is None:
+            return False
+        inodes = identity.resolve(self.live.identities)
+        if inodes == self.live.inodes:
+            return False
+        self._write_bloom(self.live.inodes.keys() | inodes.keys())
+        for key, mask in inodes.items():  # the new identities first: no gap
+            self._maps["inodes"].update(key, _u64(mask))
+        self._write_inodes(self.live.inodes, inodes)
+        self.live.inodes = inodes
+        return True
+
+    def _write_inodes(self, old: dict[bytes, int], new: dict[bytes, int]) -> None:
+        for key in old.keys() - new.keys():
+            self._maps["inodes"].delete(key)
+        for key in old.keys() & new.keys():
+            self._maps["inodes"].update(key, _u64(new[key]))
+        self._write_bloom(new.keys())
+
+    def _write_bloom(self, keys) -> None:
+        """The kernel's one-load "maybe protected" filter: a bit per inode number of keys."""
+        self._maps["inode_bloom"].update(_u32(0), identity.bloom(keys))
 
     def seed_processes(self) -> int:
         """Binary state of processes that were running before the exec hook was attached."""

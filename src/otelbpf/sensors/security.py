@@ -1,16 +1,19 @@
 """Security sensor: policies matched in the kernel, matches as OTLP log records.
 
 Policies (YAML, otelbpf.security.policy) compile into the maps of bpf/security.bpf.o; only
-matches reach the ring buffer. reload() replaces the policy set while the programs stay
-attached (see security.loader), so no event is lost across a reload. Per-policy counters
-of matches, signals sent, events held back by a rate limit and events lost to a full ring
-buffer are read from the kernel's per-rule counters at every poll.
+matches reach the ring buffer. File opens and execs match the file the kernel opened: its
+path built in the kernel, and its (device, inode), which poll() resolves again every second.
+reload() replaces the policy set while the programs stay attached (see security.loader), so
+no event is lost across a reload. Per-policy counters of matches, signals sent, events held
+back by a rate limit and events lost to a full ring buffer are read from the kernel's per-rule
+counters at every poll.
 """
 
 from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,7 +23,7 @@ from otelbpf.kernel.features import has_tracepoint
 from otelbpf.kernel.ringbuf import RingBufferReader
 from otelbpf.security import events as ev
 from otelbpf.security.compiler import RuleInfo, compile_policies
-from otelbpf.security.hooks import HOOKS, PROCESS_PROGRAMS
+from otelbpf.security.hooks import HOOKS, PROCESS_PROGRAMS, tracepoint_of
 from otelbpf.security.loader import PolicyMaps
 from otelbpf.security.policy import Policy
 from otelbpf.sensors.clock import monotonic_to_unix_offset
@@ -31,6 +34,7 @@ from otelbpf.signals.registry import Registry
 
 BPF_OBJECT = Path(__file__).resolve().parent.parent / "bpf" / "security.bpf.o"
 SCOPE = "otelbpf.sensors.security"
+IDENTITY_REFRESH_S = 1.0  # a protected file replaced (rename over it) is matched by identity again within this
 STAT_COUNTERS = {"matches": "otelbpf.security.matches", "actions": "otelbpf.security.actions",
                  "limited": "otelbpf.security.rate_limited", "lost": "otelbpf.security.lost"}
 
@@ -43,10 +47,9 @@ def unavailable_hooks() -> dict[str, str]:
     """Hooks whose tracepoints this kernel lacks, with the reason."""
     out = {}
     for name, hook in HOOKS.items():
-        missing = [p.removeprefix("sec_") for p in hook.programs
-                   if not has_tracepoint("syscalls", f"sys_enter_{p.removeprefix('sec_')}")]
-        if len(missing) == len(hook.programs):
-            out[name] = (f"this kernel has no syscalls:sys_enter_{missing[0]} tracepoint"
+        missing = [tracepoint_of(p) for p in hook.programs if not has_tracepoint("syscalls", tracepoint_of(p))]
+        if hook.programs and len(missing) == len(hook.programs):
+            out[name] = (f"this kernel has no syscalls:{missing[0]} tracepoint"
                          + (" (built without module support)" if name == "module_load" else ""))
     return out
 
@@ -68,6 +71,7 @@ class SecuritySensor:
         self._maps: PolicyMaps | None = None
         self._reader: RingBufferReader | None = None
         self._infos: dict[int, RuleInfo] = {}
+        self._next_refresh = 0.0  # when the protected paths' identities are resolved again
         self._deltas = CounterDeltas()  # per rule slot: rules of one policy add to one series
         self._lock = threading.Lock()  # poll and reload come from different threads
         self._boot_id = read_boot_id()
@@ -91,8 +95,7 @@ class SecuritySensor:
                      max_entries={"security_events": self._ringbuf_bytes}) as obj:
             for hook in HOOKS.values():
                 for prog in hook.programs:
-                    tracepoint = prog.removeprefix("sec_")
-                    obj.programs[prog].autoload = has_tracepoint("syscalls", f"sys_enter_{tracepoint}")
+                    obj.programs[prog].autoload = has_tracepoint("syscalls", tracepoint_of(prog))
             obj.load()
             self._maps = PolicyMaps(obj)
             self._maps.apply(compiled)
@@ -137,6 +140,10 @@ class SecuritySensor:
             n = self._decode()
         with self._lock:
             self._account_stats()
+            now = time.monotonic()
+            if self._maps is not None and now >= self._next_refresh:
+                self._next_refresh = now + IDENTITY_REFRESH_S
+                self._maps.refresh_identities()
         return n
 
     def stop(self) -> None:
