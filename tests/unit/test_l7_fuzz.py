@@ -57,6 +57,12 @@ SEEDS: dict[str, list[tuple[Direction, bytes]]] = {
                            + _h2.frame(0, 0, 1, b"\0\0\0\0\1y")
                            + _h2.frame(1, 5, 1, _h2.Encoder().encode([("grpc-status", "0")]))),
     ],
+    "nats": [
+        (Direction.SERVER, b'INFO {"server_id":"x","headers":true}\r\n'),
+        (Direction.CLIENT, b'CONNECT {"verbose":false}\r\nSUB a 1\r\nPUB a 2\r\nhi\r\n'
+                           b"HPUB b 12 14\r\nNATS/1.0\r\n\r\nyo\r\nPING\r\n"),
+        (Direction.SERVER, b"MSG a 1 2\r\nhi\r\nHMSG a 1 r 12 14\r\nNATS/1.0\r\n\r\nyo\r\nPONG\r\n+OK\r\n"),
+    ],
     "memcached": [
         (Direction.CLIENT, b"set k 0 0 5\r\nhello\r\nget k x\r\nincr n 1\r\nmg k v\r\nstats\r\n"),
         (Direction.SERVER, b"STORED\r\nVALUE k 0 5\r\nhello\r\nEND\r\nNOT_FOUND\r\nVA 5\r\nhello\r\nSTAT a 1\r\nEND\r\n"),

@@ -17,6 +17,7 @@ from .exchange import Direction, Exchange, Session
 from .http2 import Http2Session
 from .memcached import MemcachedSession
 from .mysql import MySQLSession
+from .nats import NatsSession
 from .postgres import PostgresSession
 from .redis import RedisSession
 
@@ -26,6 +27,7 @@ SESSIONS: dict[str, type[Session]] = {
     "mysql": MySQLSession,
     "memcached": MemcachedSession,
     "http2": Http2Session,
+    "nats": NatsSession,
 }
 MAX_CONNECTIONS = 4096
 MAX_UNDETECTED_CHUNKS = 4  # chunks kept while waiting for the other side's first bytes
