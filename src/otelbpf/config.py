@@ -119,7 +119,8 @@ class IdentityConfig(_Model):
     docker_socket: str | None = "/var/run/docker.sock"  # None: not asked
     runtime_timeout: float = Field(0.5, gt=0, le=10)  # seconds a runtime may take to answer
     max_containers: int = Field(4096, ge=16, le=1_000_000)  # containers remembered
-    node_name: str | None = None  # k8s.node.name; None: the host name, as kubelet defaults it
+    node_name: str | None = None  # k8s.node.name; None: K8S_NODE_NAME, else the host name (kubelet's default)
+    kubernetes_api: bool = True  # this node's pods and their owners from the API, where a service account is mounted
 
     @field_validator("containerd_namespaces", mode="before")
     @classmethod

@@ -80,14 +80,22 @@ class IdentityTable:
     @classmethod
     def configured(cls, host: Resource, *, containerd_socket: str | None, containerd_namespaces: list[str],
                    docker_socket: str | None, runtime_timeout: float, max_containers: int, node_name: str | None,
-                   **rules: bool) -> IdentityTable:
+                   kubernetes_api: bool = False, **rules: bool) -> IdentityTable:
         """The table as the config's identity section describes it (its fields by name): the
-        service.name rules, the runtimes' sockets to ask, the node's name (default: what the
-        DaemonSet's downward API put in K8S_NODE_NAME, else the host name, as kubelet's)."""
+        service.name rules, the runtimes' sockets to ask, the Kubernetes API (where a service
+        account is mounted), the node's name (default: what the DaemonSet's downward API put in
+        K8S_NODE_NAME, else the host name, as kubelet's)."""
         from otelbpf.enrich.containerd import ContainerdClient  # grpc only where a runtime is asked
         from otelbpf.enrich.docker import DockerClient
+        from otelbpf.enrich.kube import ApiClient, KubernetesSource
 
+        node_name = node_name or os.environ.get(NODE_NAME_ENV) or socket.gethostname()
         clients: list[RuntimeClient] = []
+        api = ApiClient.in_cluster() if kubernetes_api else None
+        if api is not None:  # first: the API knows owners by reference and the pod's annotations
+            source = KubernetesSource(api, node_name)
+            source.start()
+            clients.append(source)
         if containerd_socket:
             clients.append(ContainerdClient(containerd_socket, tuple(containerd_namespaces), runtime_timeout))
         if docker_socket:
@@ -98,7 +106,7 @@ class IdentityTable:
             raise TypeError(f"unknown identity rules {sorted(unknown)} (known: {sorted(known_rules)})")
         return cls(host, rules=ServiceRules(**rules),
                    containers=ContainerDirectory(clients, max_entries=max_containers) if clients else None,
-                   node_name=node_name or os.environ.get(NODE_NAME_ENV) or socket.gethostname())
+                   node_name=node_name)
 
     def register_metrics(self, registry: Registry) -> None:
         """The table's counts as the agent's own metrics."""
