@@ -18,6 +18,7 @@ from otelbpf.enrich.identity import IdentityTable
 from otelbpf.enrich.kube import ApiClient, KubernetesSource
 from otelbpf.enrich.runtime import ContainerDirectory
 from otelbpf.signals.model import Resource
+from otelbpf.signals.registry import Registry
 
 HOST = Resource.of({"host.name": "node-a", "service.name": "otelbpf"})
 TOKEN = "test-token-23"
@@ -160,6 +161,10 @@ def test_pods_of_this_node_listed_then_watched_with_owners_labels_and_annotation
     table.resource(23, b"httpd")
     assert directory.wait_idle(5)
     attrs = dict(table.resource(23, b"httpd").attributes)
+    registry = Registry()
+    table.register_metrics(registry)
+    [api_metric] = [i for i in registry.instruments() if i.name == "otelbpf.identity.kubernetes_api"]
+    assert {p.attributes["event"]: p.value for p in api_metric.points()}["pods.lists"] == 1
     assert (attrs["service.name"], attrs["k8s.deployment.name"], attrs["k8s.container.name"]) == ("storefront", "web", "httpd")
 
     # Watched changes: added, a Job of a CronJob, deleted.

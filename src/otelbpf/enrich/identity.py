@@ -17,6 +17,7 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 
 from otelbpf.enrich import procfs
@@ -117,7 +118,14 @@ class IdentityTable:
         if containers is not None:
             registry.gauge("otelbpf.identity.runtime_lookups",
                            "Container runtime lookups by result (found, not_found, dropped, failed:<runtime>:<reason>)",
-                           "{lookup}", lambda: [({"result": name}, n) for name, n in sorted(containers.counts.items())])
+                           "{lookup}", _count_points(containers.counts, "result"))
+            from otelbpf.enrich.kube import KubernetesSource
+
+            for client in containers.clients:
+                if isinstance(client, KubernetesSource):
+                    registry.gauge("otelbpf.identity.kubernetes_api",
+                                   "Kubernetes API lists, watches, 410 Gone and failures by kind (pods, replicasets)",
+                                   "{request}", _count_points(client.counts, "event"))
 
     def close(self) -> None:
         if self.containers is not None:
@@ -225,3 +233,7 @@ class IdentityTable:
             labels = container.labels if container else None
             attrs.update(host_service(self.rules, entry.environment, labels, cgroup.systemd_unit, identity.executable_name))
         return Resource.of(attrs)
+
+
+def _count_points(counts: collections.Counter[str], label: str) -> Callable[[], list[tuple[Attributes, int | float]]]:
+    return lambda: [({label: name}, n) for name, n in sorted(counts.items())]
