@@ -21,7 +21,7 @@ BENCHES = {"ringbuf": "bench_ringbuf.py", "execstorm": "bench_execstorm.py", "ps
            "network": "bench_network.py",
            "export": "bench_export.py", "store": "bench_store.py",
            "profile": "bench_profile.py", "http": "bench_http.py", "security": "bench_security.py",
-           "spans": "bench_span_encoding.py"}
+           "spans": "bench_span_encoding.py", "identity": "bench_identity_memory.py"}
 MARK = "<!-- bench: {} -->"
 
 
