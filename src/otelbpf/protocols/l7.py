@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections import Counter, OrderedDict
 from collections.abc import Hashable
 
+from .amqp import AmqpSession
 from .detect import detect
 from .exchange import Direction, Exchange, Session
 from .http2 import Http2Session
@@ -28,6 +29,7 @@ SESSIONS: dict[str, type[Session]] = {
     "memcached": MemcachedSession,
     "http2": Http2Session,
     "nats": NatsSession,
+    "amqp": AmqpSession,
 }
 MAX_CONNECTIONS = 4096
 MAX_UNDETECTED_CHUNKS = 4  # chunks kept while waiting for the other side's first bytes
