@@ -242,3 +242,23 @@ def test_the_table_as_the_config_describes_it_counts_in_the_agents_metrics(tmp_p
     assert points["otelbpf.identity.unresolved"] == [({}, 1)]
     assert points["otelbpf.identity.runtime_lookups"] == [
         ({"result": "failed:containerd:missing"}, 1), ({"result": "failed:docker:missing"}, 1), ({"result": "not_found"}, 1)]
+
+
+def test_a_container_no_runtime_knew_yet_is_named_once_one_does(tmp_path):
+    """A container created an instant before a runtime's index has it (the API's watch lags):
+    its processes go unnamed, and are named at the first lookup after a runtime has answered."""
+    runtime, clock = Scripted({}), Clock()
+    directory = ContainerDirectory([runtime], retry_after=10, clock=clock)
+    table = IdentityTable(HOST, proc=proc_with_container(tmp_path), containers=directory)
+    try:
+        table.resource(23, b"app")
+        assert directory.wait_idle(5)
+        assert "container.name" not in dict(table.resource(23, b"app").attributes)
+        runtime.known[CID] = Container(CID, "docker", name="cart")
+        clock.now += 11
+        table.resource(23, b"app")  # asks again: the earlier answer is older than retry_after
+        assert directory.wait_idle(5)
+        assert dict(table.resource(23, b"app").attributes)["container.name"] == "cart"
+        assert runtime.asked == [CID, CID] and table.unresolved == 1
+    finally:
+        directory.close()

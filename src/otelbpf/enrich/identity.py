@@ -56,7 +56,7 @@ class _Entry:
     read_ns: int  # when it was read: CLOCK_MONOTONIC ns, the kernel's clock
     cgroup: CgroupIdentity
     environment: Attributes
-    pending: bool  # the runtime has not said who the container is yet
+    unnamed: bool  # in a container no runtime has named yet: asked again on later lookups
 
 
 class IdentityTable:
@@ -164,7 +164,7 @@ class IdentityTable:
             entry = self._known.get(pid)
             if entry is not None:
                 self._known.move_to_end(pid)
-                if not entry.pending:
+                if not entry.unnamed:
                     return entry
         if entry is not None:  # the runtime may have answered since
             self._complete(entry)
@@ -189,7 +189,8 @@ class IdentityTable:
         container = self._container(cgroup)
         if container is PENDING:
             self.unresolved += 1
-        entry = _Entry(identity, Resource(), read_ns, cgroup, environment, container is PENDING)
+        unnamed = cgroup.container_id is not None and self.containers is not None and not isinstance(container, Container)
+        entry = _Entry(identity, Resource(), read_ns, cgroup, environment, unnamed)
         entry.resource = self._resource(entry, None if isinstance(container, Pending) else container)
         return entry
 
@@ -201,13 +202,16 @@ class IdentityTable:
         return parse_cgroup_path(path) if path else NONE
 
     def _complete(self, entry: _Entry) -> None:
+        """An unnamed container's process: named once a runtime has answered (the directory
+        asks again, at most every retry_after, for a container no runtime knew)."""
         container = self._container(entry.cgroup)
         if isinstance(container, Pending):
             self.unresolved += 1
+        if not isinstance(container, Container):
             return
         resource = self._resource(entry, container)
         with self._lock:
-            entry.resource, entry.pending = resource, False
+            entry.resource, entry.unnamed = resource, False
 
     def _container(self, cgroup: CgroupIdentity) -> Container | Pending | None:
         if self.containers is None or cgroup.container_id is None:
