@@ -5,8 +5,8 @@ flush) into a store file on disk. Chunks of synthetic spans are generated once a
 re-appended with shifted times, so trace ids repeat across chunks (the RED query does not
 look at them). Also measured: decoding OTLP trace requests into rows, the per-span Python
 step that OTLP receipt adds before a flush; and the embedded default's whole path for the
-HTTP sensor's spans, A/B in one run: in process (StoreSink's rows -> Store.write) against
-the OTLP round trip it replaced (encode -> decode with opentelemetry-proto -> rows ->
+HTTP sensor's spans, A/B/C in one run: span columns as the sensor emits them, row batches
+(StoreSink's rows -> Store.write), and the OTLP round trip it replaced (encode -> decode with opentelemetry-proto -> rows ->
 Store.write), medians of rounds alternating between the two.
 """
 
@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from common import header, median, peak_rss_mb, table
-from otelbpf.signals.model import Resource, SpanBatch, SpanKind, SpanRecord
+from otelbpf.signals.model import Resource, SpanBatch, SpanColumns, SpanKind, SpanRecord
 from otelbpf.signals.otlp import encode_traces_request
 from otelbpf.store import Store, queries
 from otelbpf.store.otlp_rows import span_rows
@@ -102,7 +102,15 @@ def embedded_path(tmp: str, spans: int, rounds: int) -> list[list]:
     """Spans/s of the two embedded-default paths into a store file, one thread, A/B by round;
     the writer flushes every FLUSH_EVERY batches (100,000 spans: a second of a busy server)."""
     batches = http_span_batches(spans)
-    rates: dict[str, list[float]] = {"in process": [], "OTLP round trip": []}
+    columns = [SpanColumns.from_batch(b) for b in batches]  # as the HTTP sensor emits them, enriched
+    rates: dict[str, list[float]] = {"columns": [], "in process": [], "OTLP round trip": []}
+
+    def in_columns(writer: StoreWriter) -> None:
+        sink = StoreSink(writer)
+        for i, batch in enumerate(columns, 1):
+            sink.export_spans(batch)
+            if i % FLUSH_EVERY == 0:
+                writer.flush()
 
     def in_process(writer: StoreWriter) -> None:
         sink = StoreSink(writer)
@@ -118,8 +126,8 @@ def embedded_path(tmp: str, spans: int, rounds: int) -> list[list]:
                 writer.flush()
 
     for r in range(rounds):
-        order = [("in process", in_process), ("OTLP round trip", round_trip)]
-        for name, path in order if r % 2 == 0 else order[::-1]:
+        order = [("columns", in_columns), ("in process", in_process), ("OTLP round trip", round_trip)]
+        for name, path in order[r % 3:] + order[:r % 3]:
             writer = StoreWriter(Store.open(Path(tmp) / f"embedded-{r}-{name[:2]}.duckdb", threads=1),
                                  max_pending_rows=10 * FLUSH_EVERY * len(batches[0].spans))
             started = time.process_time()
@@ -127,12 +135,14 @@ def embedded_path(tmp: str, spans: int, rounds: int) -> list[list]:
             writer.flush()
             rates[name].append(spans / (time.process_time() - started))
             writer.close()
-    a, b = median(rates["in process"]), median(rates["OTLP round trip"])
-    return [["embedded default: HTTP spans -> store, in process (CPU time, 1 thread, median of "
-             f"{rounds})", f"{spans:,} spans", f"{a:,.0f} spans/s", ">= 500,000 spans/s",
-             "pass" if a >= 500_000 else "MISSED"],
+    c, a, b = median(rates["columns"]), median(rates["in process"]), median(rates["OTLP round trip"])
+    return [["embedded default: HTTP span columns -> store, in process (CPU time, 1 thread, median of "
+             f"{rounds})", f"{spans:,} spans", f"{c:,.0f} spans/s", ">= 500,000 spans/s",
+             "pass" if c >= 500_000 else "MISSED"],
+            ["the same from row batches (SpanRecord objects)", f"{spans:,} spans", f"{a:,.0f} spans/s",
+             f"columns: {c / a:.1f}x", ""],
             ["the same through the OTLP round trip it replaced", f"{spans:,} spans", f"{b:,.0f} spans/s",
-             f"in process: {a / b:.1f}x", ""]]
+             f"columns: {c / b:.1f}x", ""]]
 
 
 def main() -> None:

@@ -109,21 +109,23 @@ def test_spans_in_process_equal_spans_through_otlp(batch):
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.lists(span_batches(), min_size=1, max_size=3))
-def test_span_columns_give_the_rows_of_their_spans(batches):
-    """The column path (one batch of several resources, as the enrichment stage leaves it)
-    gives the rows of the row path, row for row."""
+@given(st.lists(span_batches(), min_size=1, max_size=3), st.lists(st.sampled_from(["network.peer.port", "é"]),
+                                                                  max_size=2, unique=True), st.data())
+def test_span_columns_give_the_rows_of_their_spans(batches, int_keys, data):
+    """The column path (one batch of several resources, as the enrichment stage leaves it, with
+    per-span integer attributes) gives the rows of the row path, row for row."""
     spans = [s for b in batches for s in b.spans]
     columns = SpanColumns.of_spans("otelbpf.sensors.test", spans, np.zeros(len(spans), np.uint32))
     columns.resources = [b.resource for b in batches]
     columns.resource = np.repeat(np.arange(len(batches), dtype=np.int32), [len(b.spans) for b in batches])
-    columns.scope = "otelbpf.sensors.test"
+    for key in int_keys:
+        columns.ints[key] = np.array(data.draw(st.lists(int64, min_size=len(spans), max_size=len(spans))), np.int64)
     ours = {name: list(values) for name, values in RowBuilder().span_columns(columns).items()}
-    theirs: dict = {}
+    theirs: dict = {name: [] for name in ours}
     builder = RowBuilder()
-    for b in batches:
+    for b in columns.to_batches():
         for name, values in builder.spans(b).items():
-            theirs.setdefault(name, []).extend(values)
+            theirs[name].extend(values)
     same_rows(in_any_order(ours), in_any_order(theirs))
 
 

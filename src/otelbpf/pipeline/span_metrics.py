@@ -35,26 +35,32 @@ class SpanMetrics:
         """Records the durations of the batch's HTTP spans; the batch must be enriched."""
         if not len(columns) or columns.resource is None:
             return
-        described = [self._describe(shape) for shape in columns.shapes]
-        if all(d is None for d in described):
-            return
-        # One group per (shape, resource): shapes describing alike are merged below by key.
-        group = columns.shape.astype(np.int64) * len(columns.resources) + columns.resource
-        groups, rows = np.unique(group, return_inverse=True)
-        order = np.argsort(rows, kind="stable")
-        cuts = np.flatnonzero(np.diff(rows[order])) + 1
-        durations = columns.durations_s()
-        merged: dict[tuple, list[np.ndarray]] = {}
-        for g, members in zip(groups.tolist(), np.split(order, cuts)):
-            shape, resource = divmod(g, len(columns.resources))
-            about = described[shape]
+        # Shapes that describe alike (the same request on other connections) share a key.
+        keys: dict[tuple[bool, tuple], int] = {}
+        key_of_shape = np.full(len(columns.shapes), -1, np.int64)
+        for i, shape in enumerate(columns.shapes):
+            about = self._describe(shape)
             if about is not None:
-                key = (*about, _executable(columns.resources[resource]))
-                merged.setdefault(key, []).append(durations[members])
-        for (server, attrs, executable), parts in merged.items():
-            values = parts[0] if len(parts) == 1 else np.concatenate(parts)
+                key_of_shape[i] = keys.setdefault(about, len(keys))
+        if not keys:
+            return
+        key = key_of_shape[columns.shape]
+        http = key >= 0
+        resources = len(columns.resources)
+        group = key[http] * resources + columns.resource[http]
+        durations = columns.durations_s()[http]
+        about_of = list(keys)
+        groups, rows = np.unique(group, return_inverse=True)
+        if len(groups) == 1:
+            parts = [durations]
+        else:
+            order = np.argsort(rows, kind="stable")
+            parts = np.split(durations[order], np.flatnonzero(np.diff(rows[order])) + 1)
+        for g, values in zip(groups.tolist(), parts):
+            k, resource = divmod(g, resources)
+            server, attrs = about_of[k]
             (self._server if server else self._client).record_many(
-                values, {**dict(attrs), "process.executable.name": executable})
+                values, {**dict(attrs), "process.executable.name": _executable(columns.resources[resource])})
 
     def _describe(self, shape: SpanShape) -> tuple[bool, tuple] | None:
         try:

@@ -252,10 +252,21 @@ class HttpTracker:
         n = len(run)
         if not n:
             return None
+        # What of a connection's endpoints its spans' shape depends on: a server's peer port
+        # (the client's ephemeral port) goes per span, so the connections of one client to one
+        # server share their shapes.
+        server_form: dict[tuple, int] = {}
+        client_form: dict[tuple, int] = {}
+        described_as = np.empty((2, len(run.endpoints)), np.int32)
+        for j, (family, local, local_port, peer, peer_port) in enumerate(run.endpoints):
+            described_as[0, j] = client_form.setdefault((family, peer, peer_port), len(client_form))
+            described_as[1, j] = server_form.setdefault((family, local, local_port, peer), len(server_form))
+        peer_ports = np.array([e[4] for e in run.endpoints], np.int64)
         width = (int(run.captured.max()) + 7) & ~7
         key = np.zeros((n, _EXCHANGE_KEY.itemsize + width), np.uint8)
         head = key[:, :_EXCHANGE_KEY.itemsize].view(_EXCHANGE_KEY).reshape(n)
-        head["endpoint"], head["pid"], head["status"] = run.endpoint, run.pid, run.status
+        head["endpoint"] = described_as[run.server.astype(np.intp), run.endpoint]
+        head["pid"], head["status"] = run.pid, run.status
         head["server"], head["tls"], head["captured"] = run.server, run.tls, run.captured
         used = min(width, run.payload.shape[1])
         key[:, _EXCHANGE_KEY.itemsize:_EXCHANGE_KEY.itemsize + used] = np.where(
@@ -322,7 +333,8 @@ class HttpTracker:
                     parent_id[i] = np.frombuffer(parent.span_id, np.uint8)
         offset = np.uint64(self._offset)
         return SpanColumns(scope, shapes, shape_of[rows], trace_id, span_id, parent_id,
-                           run.start_ns + offset, run.end_ns + offset, run.pid.astype(np.uint32))
+                           run.start_ns + offset, run.end_ns + offset, run.pid.astype(np.uint32),
+                           ints={"network.peer.port": peer_ports[run.endpoint]})
 
     def _paired_shape(self, run: PairedExchanges, i: int) -> tuple[SpanShape, http1.TraceContext | None] | None:
         """What the spans of paired row i's kind share, once per distinct request: None when
@@ -330,14 +342,15 @@ class HttpTracker:
         m = self._message(run, i)
         status = int(run.status[i])
         key = (m.payload, m.pid, m.direction, m.tls, m.family, m.local_address, m.local_port, m.peer_address,
-               m.peer_port, status, "shape")
+               None if m.direction == 1 else m.peer_port, status, "shape")
         known = self._exchanges.get(key)
         if known is None:
             requests = self._parse(m.payload, http1.parse_requests)
             if len(requests) != 1:
                 return None
             attrs, name, status_code, context = self._describe_exchange(m, requests[0], status)
-            known = (SpanShape(name, SpanKind.SERVER if m.direction == 1 else SpanKind.CLIENT, attrs, status_code),
+            shared = MappingProxyType({k: v for k, v in attrs.items() if k != "network.peer.port"})  # per span
+            known = (SpanShape(name, SpanKind.SERVER if m.direction == 1 else SpanKind.CLIENT, shared, status_code),
                      context)
             if len(self._exchanges) >= MAX_CACHED:
                 self._exchanges.clear()

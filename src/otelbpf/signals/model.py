@@ -234,6 +234,8 @@ class SpanColumns:
         """(resource, its rows in order) for each resource the batch holds; needs enrichment."""
         if self.resource is None:
             raise ValueError("span columns have no resources yet: the enrichment stage sets them")
+        if not len(self):
+            return []
         if len(self.resources) == 1:
             return [(self.resources[0], np.arange(len(self)))]
         order = np.argsort(self.resource, kind="stable")

@@ -97,6 +97,22 @@ def hex_ids(ids: np.ndarray, zero_is_empty: bool = False) -> np.ndarray:
     return text
 
 
+def _with_ints(attributes: np.ndarray, columns: SpanColumns) -> np.ndarray:
+    """Each row's attributes JSON (object array) with the batch's per-span integer attributes
+    appended, as the row form's dict puts them after the shape's: string concatenation over
+    the column, no JSON encoding per span."""
+    if not columns.ints:
+        return attributes
+    out = np.array([a[:-1] for a in attributes.tolist()], object)  # without the closing brace
+    bare = out == "{"
+    for key, values in columns.ints.items():
+        field = json.dumps(key, ensure_ascii=False) + ":"
+        text = values.astype(np.int64).astype(str).astype(object)
+        out = np.where(bare, "{" + field, out + ("," + field)) + text
+        bare[:] = False
+    return out + "}"
+
+
 class RowBuilder:
     """Builds the rows of one sink's batches; its caches are bounded and its own."""
 
@@ -109,15 +125,12 @@ class RowBuilder:
     def span_columns(self, columns: SpanColumns) -> Columns:
         """Spans as columns straight from column batches: what spans share is made text once per
         shape and resource, then spread over the rows by index (numpy), no Python per span.
-        Batches with per-span attributes (`ints`) take the row path."""
-        if columns.ints:
-            out = empty(SPANS)
-            for batch in columns.to_batches():
-                for name, values in self.spans(batch).items():
-                    out[name].extend(values)
-            return out
+        Per-span integer attributes (`ints`) are written into each row's JSON after the shape's,
+        where the row form puts them."""
         if columns.resource is None:
             raise ValueError("span columns have no resources yet: the enrichment stage sets them")
+        if any(key in shape.attributes for shape in columns.shapes for key in columns.ints):
+            return self._span_rows(columns)  # a per-span value replaces a shape's: the row form says where
         n = len(columns)
         shapes = np.array([self._shape(s) for s in columns.shapes] or [("",) * 8], object)[columns.shape]
         resources = np.array([self._resource(r) for r in columns.resources] or [("", "")], object)[columns.resource]
@@ -128,8 +141,16 @@ class RowBuilder:
             "parent_span_id": hex_ids(columns.parent_span_id, zero_is_empty=True), "service": resources[:, 0],
             "name": shapes[:, 0], "kind": shapes[:, 1], "status_code": shapes[:, 2], "status_message": shapes[:, 3],
             "http_method": shapes[:, 4], "http_route": shapes[:, 5], "http_status": shapes[:, 6],
-            "scope": np.full(n, columns.scope, object), "attributes": shapes[:, 7], "resource": resources[:, 1],
+            "scope": np.full(n, columns.scope, object), "attributes": _with_ints(shapes[:, 7], columns),
+            "resource": resources[:, 1],
         }
+
+    def _span_rows(self, columns: SpanColumns) -> Columns:
+        out = empty(SPANS)
+        for batch in columns.to_batches():
+            for name, values in self.spans(batch).items():
+                out[name].extend(values)
+        return out
 
     def _shape(self, shape: SpanShape) -> tuple:
         known = self._shapes.get(shape)
