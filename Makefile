@@ -16,7 +16,7 @@ ARCH := $(shell uname -m | sed -e 's/x86_64/x86/' -e 's/aarch64/arm64/')
 # Debian packages: the BPF toolchain for `make run`, the peers and servers for `make test`.
 RUN_DEBS := clang llvm libbpf-dev libbpf1 bpftool
 TEST_DEBS := bpftrace prometheus chromium iperf3 dnsmasq-base nftables iproute2 gcc linux-perf protobuf-compiler nginx-light wrk curl openssl \
-	redis-server postgresql mariadb-server rabbitmq-server nats-server memcached containerd runc busybox-static
+	redis-server postgresql mariadb-server rabbitmq-server nats-server memcached containerd runc busybox-static docker.io
 STAMP := $(BUILD)/.stamp
 
 .PHONY: run test test-unit test-kernel test-e2e lint bench setup setup-test bpf clean doctor deploy

@@ -135,7 +135,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
                 self._process.kill()
                 self._process.wait()
         self._log.close()
-        _remove_cgroups(self.cgroup_top)
+        remove_cgroups(self.cgroup_top)
         shutil.rmtree(self.dir, ignore_errors=True)
 
     def _run(self, container_id: str, cgroup: str, command: list[str], labels: dict[str, str],
@@ -159,7 +159,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
             f.write("hello from a pod\n")
 
 
-def _remove_cgroups(top_prefix: str) -> None:
+def remove_cgroups(top_prefix: str) -> None:
     """Removes this test's cgroups (runc leaves the parents it made) in every hierarchy."""
     mounts = []
     with open("/proc/self/mountinfo") as f:
