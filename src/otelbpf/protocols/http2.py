@@ -20,6 +20,7 @@ from hpack import Decoder, HPACKError
 
 from .detect import HTTP2_PREFACE
 from .exchange import MAX_PENDING, Direction, Exchange, Malformed, Session
+from .hpack_partial import PartialDecoder
 
 DATA, HEADERS, PRIORITY, RST_STREAM, SETTINGS, PUSH_PROMISE, PING, GOAWAY, WINDOW_UPDATE, CONTINUATION = range(10)
 END_STREAM, END_HEADERS, PADDED, PRIORITY_FLAG = 0x1, 0x4, 0x8, 0x20
@@ -39,7 +40,7 @@ class _Stream:
     start_ns: int
     request: dict[str, str] = field(default_factory=dict)
     response: dict[str, str] = field(default_factory=dict)  # headers, then trailers merged in
-    undecoded: bool = False  # a header block of this stream could not be decoded
+    partial: bool = False  # a header block of this stream decoded only in part
     reset: str | None = None
 
 
@@ -49,6 +50,9 @@ class Http2Session(Session):
     def __init__(self, *, keep_literals: bool = False) -> None:
         super().__init__(keep_literals=keep_literals)
         self.decoders = (Decoder(), Decoder())
+        # Once a direction's table is known to be incomplete (joined mid-stream, or a block
+        # that did not decode), its blocks are decoded in part from then on.
+        self.partial: list[PartialDecoder | None] = [None, None]
         self.streams: OrderedDict[int, _Stream] = OrderedDict()
         self.preface = [True, False]   # does this direction still owe its preface (client) / a 101 (upgrade)?
         self.upgrade_request: dict[str, str] | None = None
@@ -112,6 +116,7 @@ class Http2Session(Session):
             self.preface[0] = False  # first seen mid-stream: frames from here, of sizes agreed unseen
             self.counters["mid_stream"] += 1
             self.max_frame = [MAX_FRAME, MAX_FRAME]
+            self.partial = [PartialDecoder(), PartialDecoder()]
             return True
         if direction is Direction.SERVER and self.preface[1]:
             end = data.find(b"\r\n\r\n")
@@ -188,14 +193,7 @@ class Http2Session(Session):
     def _header_block(self, ts_ns: int, promise: bool) -> Exchange | None:
         direction, stream_id, flags, block = self.block[0]
         self.block = []
-        try:
-            headers = self.decoders[direction].decode(bytes(block), raw=True)
-            fields = {bytes(k).decode("latin-1").lower(): bytes(v).decode("latin-1") for k, v in headers}
-            ok = True
-        except (HPACKError, IndexError, ValueError, UnicodeDecodeError):
-            # HPACKError covers unknown dynamic-table indices (mid-stream) and bad encodings.
-            self.counters["hpack_errors"] += 1
-            fields, ok = {}, False
+        fields, complete = self._decode(direction, bytes(block))
         if promise:
             return None
         if direction is Direction.CLIENT:
@@ -204,11 +202,31 @@ class Http2Session(Session):
         else:
             stream = self.streams.get(stream_id) or self._stream(stream_id, ts_ns, counted=True)
             stream.response.update(fields)
-        stream.undecoded |= not ok
+        stream.partial |= not complete
         if direction is Direction.SERVER and flags & END_STREAM:
             self.streams.pop(stream_id, None)
             return self._exchange(stream, ts_ns)
         return None
+
+    def _decode(self, direction: Direction, block: bytes) -> tuple[dict[str, str], bool]:
+        """The block's fields, and whether none was missing."""
+        partial = self.partial[direction]
+        if partial is None:
+            try:
+                headers = self.decoders[direction].decode(block, raw=True)
+                return {bytes(k).decode("latin-1").lower(): bytes(v).decode("latin-1") for k, v in headers}, True
+            except (HPACKError, IndexError, ValueError):
+                # The table is out of step (bytes lost, or a bad encoder): from here on in part.
+                self.counters["hpack_errors"] += 1
+                partial = self.partial[direction] = PartialDecoder(self.decoders[direction].max_allowed_table_size)
+        try:
+            pairs, missing = partial.decode(block)
+        except (HPACKError, IndexError, ValueError):
+            self.counters["hpack_errors"] += 1
+            return {}, False
+        if missing:
+            self.counters["hpack_fields_missing"] += missing
+        return {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in pairs}, not missing
 
     def _data(self, direction: Direction, stream_id: int, flags: int, ts_ns: int) -> Exchange | None:
         if direction is Direction.SERVER and flags & END_STREAM:
@@ -266,8 +284,8 @@ class Http2Session(Session):
             error_type = status
         if stream.reset is not None and error_type is None and (not status or "grpc-status" not in response):
             error_type = stream.reset
-        if stream.undecoded:
-            attributes["otelbpf.http2.headers_undecoded"] = 1
+        if stream.partial:
+            attributes["otelbpf.http2.headers_partial"] = 1  # fields of a table entry never seen are missing
         return Exchange("http2", operation, stream.start_ns, end_ns, attributes, error_type, complete)
 
     def resync(self, direction: Direction) -> None:
