@@ -104,8 +104,8 @@ def _dashed_uid(uid: str) -> str:
 def cgroup_paths(pid: int, proc: str = procfs.PROC) -> list[str]:
     """The process's cgroup paths, the unified (v2) hierarchy's first; [] when it is gone."""
     try:
-        with open(f"{proc}/{pid}/cgroup", encoding="utf-8", errors="replace") as f:
-            lines = f.read().splitlines()
+        with open(f"{proc}/{pid}/cgroup", "rb", buffering=0) as f:
+            lines = f.read(65536).decode("utf-8", "replace").splitlines()  # a line per hierarchy: a few hundred bytes
     except OSError:
         return []
     paths = [line.split(":", 2)[2] for line in lines if line.count(":") >= 2]

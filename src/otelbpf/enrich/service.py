@@ -60,11 +60,15 @@ def environment_attributes(pid: int, proc: str = procfs.PROC) -> Attributes:
     SDKs read them: OTEL_RESOURCE_ATTRIBUTES, with OTEL_SERVICE_NAME over its service.name.
     The environment is the one the process was started with (/proc/PID/environ): read once
     per exec. {} when there is none, or the process is gone."""
+    chunks: list[bytes] = []
     try:
-        with open(f"{proc}/{pid}/environ", "rb") as f:
-            environ = f.read(ENVIRON_LIMIT)
+        with open(f"{proc}/{pid}/environ", "rb", buffering=0) as f:
+            # in small reads: one read of the whole limit allocates it, for an environment of a few KiB
+            while sum(map(len, chunks)) < ENVIRON_LIMIT and (chunk := f.read(16384)):
+                chunks.append(chunk)
     except OSError:
         return {}
+    environ = b"".join(chunks)
     attrs: Attributes = {}
     service_name = None
     for entry in environ.split(b"\0"):
