@@ -93,8 +93,8 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
             pod_slice = f"{top}{qos}-pod{pod.uid.replace('-', '_')}.slice"
             parents = [f"{top}.slice"] + ([f"{top}{qos}.slice"] if qos else []) + [pod_slice]
             return "/" + "/".join([*parents, f"cri-containerd-{container_id}.scope"])
-        qos = [] if pod.qos == "guaranteed" else [pod.qos]
-        return "/" + "/".join([self.cgroup_top, "kubepods", *qos, f"pod{pod.uid}", container_id])
+        qos_dir = [] if pod.qos == "guaranteed" else [pod.qos]
+        return "/" + "/".join([self.cgroup_top, "kubepods", *qos_dir, f"pod{pod.uid}", container_id])
 
     def run_pod(self, pod: PodSpec) -> tuple[int, int]:
         """Starts the pod's sandbox and its container; returns their pids."""

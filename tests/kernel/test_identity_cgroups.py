@@ -23,8 +23,9 @@ HOST = Resource.of({"host.name": "h1", "service.name": "otelbpf"})
 def cgroup_of_own():
     """Makes cgroups (relative paths under the v2 root), moves a fresh `sleep` into the last
     one, and removes them all after."""
-    root = find_cgroup2_root()
-    require(root is not None, "no cgroup2 hierarchy mounted")
+    found = find_cgroup2_root()
+    require(found is not None, "no cgroup2 hierarchy mounted")
+    root = found or ""
     made: list[str] = []
     procs: list[subprocess.Popen] = []
 

@@ -17,7 +17,7 @@ from otelbpf.config import load_config
 from otelbpf.enrich.containerd import ContainerdClient
 from otelbpf.enrich.docker import DockerClient
 from otelbpf.enrich.identity import IdentityTable
-from otelbpf.enrich.runtime import PENDING, Container, ContainerDirectory
+from otelbpf.enrich.runtime import PENDING, Container, ContainerDirectory, RuntimeClient
 from otelbpf.signals.model import Resource
 from otelbpf.signals.registry import Registry
 
@@ -102,9 +102,8 @@ def lookup_is_prompt(table: IdentityTable) -> dict:
 @pytest.mark.parametrize("client", ["containerd", "docker"])
 def test_a_bad_socket_leaves_identity_empty_and_counted(tmp_path, kind, client):
     path = str(tmp_path / "runtime.sock")
-    make = {"containerd": lambda: ContainerdClient(path, timeout=2.0),
-            "docker": lambda: DockerClient(path, timeout=2.0)}[client]
-    directory = ContainerDirectory([make()], retry_after=60)
+    runtime: RuntimeClient = ContainerdClient(path, timeout=2.0) if client == "containerd" else DockerClient(path, timeout=2.0)
+    directory = ContainerDirectory([runtime], retry_after=60)
     table = IdentityTable(HOST, proc=proc_with_container(tmp_path), containers=directory)
     handler = {"slow": silent, "garbage": garbage}.get(kind)
     with unix_server(path, handler) if handler else _nothing():
