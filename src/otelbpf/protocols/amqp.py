@@ -65,9 +65,10 @@ class AmqpSession(Session):
             if buffer.data[7 + size] != FRAME_END:
                 raise Malformed("frame without its end octet")
             payload = bytes(buffer.data[7:7 + size])
+            start = buffer.ts_at(0)  # when the frame's first byte came
             buffer.consume(7 + size + 1)
             if kind == FRAME_METHOD:
-                self._method(direction, channel, payload, ts_ns)
+                self._method(direction, channel, payload, start)
             elif kind == FRAME_HEADER:
                 exchange = self._header(direction, channel, payload)
                 if exchange is not None:

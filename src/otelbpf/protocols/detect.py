@@ -51,12 +51,12 @@ def _from_client(data: bytes) -> str | None:
         return "amqp"
     if _is_postgres_first(data):
         return "postgresql"
+    if _NATS_CLIENT.match(data):  # before HTTP/1: NATS's CONNECT is followed by JSON, HTTP's by a host
+        return "nats"
     if _HTTP1_REQUEST.match(data):
         return "http2" if _H2C_UPGRADE.search(data) else "http1"
     if _REDIS_ARRAY.match(data):
         return "redis"
-    if _NATS_CLIENT.match(data):
-        return "nats"
     if _MEMCACHED.match(data):
         return "memcached"
     return None

@@ -8,7 +8,7 @@ in the session's counters and never raises.
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from enum import IntEnum
 
@@ -49,34 +49,54 @@ class Exchange:
 
 class StreamBuffer:
     """Bytes of one direction not yet parsed. Parsers read from `data` at `pos` and consume;
-    `skip` drops bytes still to come (a large body nobody needs) without buffering them."""
+    `skip` drops bytes still to come (a large body nobody needs) without buffering them.
+    `ts_at(pos)` is when the chunk holding data[pos] was seen: a message's start time is when
+    its first byte came, whatever chunk completed it."""
 
-    __slots__ = ("data", "skip")
+    __slots__ = ("consumed", "data", "marks", "skip")
 
     def __init__(self) -> None:
         self.data = bytearray()
         self.skip = 0
+        self.consumed = 0  # bytes consumed since the start, for the marks
+        self.marks: deque[tuple[int, int]] = deque()  # (offset after a chunk, its timestamp)
 
-    def add(self, chunk: bytes) -> bool:
+    def add(self, chunk: bytes, ts_ns: int = 0) -> bool:
         """Append a chunk; False when the buffer would pass MAX_BUFFER (it is then cleared)."""
         if self.skip:
             dropped = min(self.skip, len(chunk))
             self.skip -= dropped
+            self.consumed += dropped
             chunk = chunk[dropped:]
+        if not chunk:
+            return True
         self.data += chunk
+        self.marks.append((self.consumed + len(self.data), ts_ns))
         if len(self.data) > MAX_BUFFER:
             self.clear()
             return False
         return True
+
+    def ts_at(self, pos: int) -> int:
+        offset = self.consumed + pos
+        for end, ts_ns in self.marks:
+            if offset < end:
+                return ts_ns
+        return self.marks[-1][1] if self.marks else 0
 
     def consume(self, count: int) -> None:
         if count > len(self.data):
             self.skip += count - len(self.data)
             count = len(self.data)
         del self.data[:count]
+        self.consumed += count
+        while self.marks and self.marks[0][0] <= self.consumed:
+            self.marks.popleft()
 
     def clear(self) -> None:
+        self.consumed += len(self.data)
         self.data.clear()
+        self.marks.clear()
         self.skip = 0
 
 
@@ -96,7 +116,7 @@ class Session:
         if self.opaque or not chunk:
             return []
         buffer = self.buffers[direction]
-        if not buffer.add(chunk):
+        if not buffer.add(chunk, ts_ns):
             self.counters["oversize"] += 1
             self.resync(direction)
             return []

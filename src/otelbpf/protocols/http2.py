@@ -58,6 +58,7 @@ class Http2Session(Session):
         self.upgrade_request: dict[str, str] | None = None
         self.upgrade_start = 0
         self.block: list[tuple[Direction, int, int, bytearray]] = []  # a header block awaiting CONTINUATION
+        self.block_start = 0
         self.max_frame = [DEFAULT_MAX_FRAME, DEFAULT_MAX_FRAME]  # per sending direction, raised by the peer's SETTINGS
 
     def _parse(self, direction: Direction, ts_ns: int) -> list[Exchange]:
@@ -80,8 +81,9 @@ class Http2Session(Session):
                     continue
                 break
             payload = bytes(buffer.data[9:9 + length])
+            start = buffer.ts_at(0)  # when the frame's first byte came: a stream starts at its HEADERS
             buffer.consume(9 + length)
-            exchange = self._frame(direction, kind, flags, stream_id, payload, ts_ns)
+            exchange = self._frame(direction, kind, flags, stream_id, payload, ts_ns, start)
             if exchange is not None:
                 out.append(exchange)
         return out
@@ -109,7 +111,7 @@ class Http2Session(Session):
                 headers = {k.strip().lower(): v.strip() for k, _, v in (h.partition(":") for h in head[1:])}
                 self.upgrade_request = {":method": method, ":path": target, ":authority": headers.get("host", ""),
                                         ":scheme": "http", "content-type": headers.get("content-type", "")}
-                self.upgrade_start = ts_ns
+                self.upgrade_start = self.buffers[direction].ts_at(0)
                 self.buffers[direction].consume(end + 4)
                 self.preface[1] = True  # the server answers 101 before its frames
                 return False  # the preface follows once the server agrees
@@ -137,7 +139,7 @@ class Http2Session(Session):
 
     # -- frames --------------------------------------------------------------------------
     def _frame(self, direction: Direction, kind: int, flags: int, stream_id: int, payload: bytes,
-               ts_ns: int) -> Exchange | None:
+               ts_ns: int, start_ns: int) -> Exchange | None:
         if self.block and kind != CONTINUATION:
             raise Malformed("a header block interrupted")
         if kind == DATA:
@@ -150,6 +152,7 @@ class Http2Session(Session):
                 fragment = fragment[4:]
                 self.counters["push_promise"] += 1
             self.block = [(direction, stream_id, flags if kind == HEADERS else 0, bytearray(fragment))]
+            self.block_start = start_ns
             if flags & END_HEADERS:
                 return self._header_block(ts_ns, kind == PUSH_PROMISE)
             return None
@@ -197,7 +200,7 @@ class Http2Session(Session):
         if promise:
             return None
         if direction is Direction.CLIENT:
-            stream = self._stream(stream_id, ts_ns)
+            stream = self._stream(stream_id, self.block_start)
             stream.request.update(fields)
         else:
             stream = self.streams.get(stream_id) or self._stream(stream_id, ts_ns, counted=True)

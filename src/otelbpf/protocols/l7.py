@@ -32,7 +32,8 @@ SESSIONS: dict[str, type[Session]] = {
     "amqp": AmqpSession,
 }
 MAX_CONNECTIONS = 4096
-MAX_UNDETECTED_CHUNKS = 4  # chunks kept while waiting for the other side's first bytes
+MAX_UNDETECTED_CHUNKS = 8  # chunks kept while waiting for enough first bytes
+DETECT_BYTES = 32          # what detection needs of each direction at most
 
 
 class Connection:
@@ -53,10 +54,12 @@ class Connection:
             return []
         if self.session is not None:
             return self.session.feed(direction, ts_ns, chunk)
-        self._first.setdefault(direction, chunk)
+        # A first message may come in pieces: look at up to DETECT_BYTES of each direction.
+        self._first[direction] = (self._first.get(direction, b"") + chunk)[:DETECT_BYTES]
         self._held.append((direction, ts_ns, chunk))
         found = detect(self._first.get(Direction.CLIENT, b""), self._first.get(Direction.SERVER, b""))
         if found is None:
+            # Both sides spoke (a first message is whole once the other side answers it).
             if len(self._first) == 2 or len(self._held) >= MAX_UNDETECTED_CHUNKS:
                 self._ignore()
             return []

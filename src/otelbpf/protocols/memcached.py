@@ -49,6 +49,7 @@ class MemcachedSession(Session):
                     raise Malformed("line too long")
                 return out
             line = bytes(buffer.data[:end])
+            start = buffer.ts_at(0)  # when the line's first byte came
             parts = line.split()
             body = self._body_size(direction, parts)
             if body is not None:
@@ -64,7 +65,7 @@ class MemcachedSession(Session):
             else:
                 buffer.consume(end + 2)
             if direction is Direction.CLIENT:
-                self._command(parts, ts_ns, out)
+                self._command(parts, start, out)
             else:
                 exchange = self._answer(parts, ts_ns)
                 if exchange is not None:
@@ -103,7 +104,7 @@ class MemcachedSession(Session):
         command = _Command(name, keys, ts_ns)
         quiet = parts[-1] == b"noreply" or (name in ("mg", "ms", "md", "ma") and b"q" in parts[2:])
         if quiet:
-            out.append(self._exchange(command, ts_ns, None))  # no answer comes: the exchange is the send
+            out.append(self._exchange(command, ts_ns, None))  # no answer comes: the exchange is the send itself
             return
         if name not in STORAGE | RETRIEVAL | LISTING | SINGLE:
             self.counters["unknown_command"] += 1

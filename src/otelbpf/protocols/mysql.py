@@ -93,9 +93,10 @@ class MySQLSession(Session):
                     continue
                 break
             payload = bytes(buffer.data[4:4 + length])
+            start = buffer.ts_at(0)  # when the packet's first byte came
             buffer.consume(4 + length)
             if direction is Direction.CLIENT:
-                self._client(payload, sequence, ts_ns)
+                self._client(payload, sequence, start)
             else:
                 exchange = self._server(payload, sequence, ts_ns)
                 if exchange is not None:

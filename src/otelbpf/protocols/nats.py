@@ -35,6 +35,7 @@ class NatsSession(Session):
             if verb not in verbs:
                 raise Malformed(f"not a NATS verb: {verb[:16]!r}")
             size = header_size = 0
+            start = buffer.ts_at(0)  # when the line's first byte came
             if verb in (b"PUB", b"MSG", b"HPUB", b"HMSG"):
                 size, header_size = self._sizes(verb, parts)
                 if len(buffer.data) < end + 2 + size + 2:
@@ -43,7 +44,7 @@ class NatsSession(Session):
                     buffer.consume(end + 2 + size + 2)  # a large payload: skipped as it arrives
                 else:
                     buffer.consume(end + 2 + size + 2)
-                out.append(self._message(verb, parts, size - header_size, ts_ns))
+                out.append(self._message(verb, parts, size - header_size, start))
                 continue
             buffer.consume(end + 2)
             if verb == b"-ERR":

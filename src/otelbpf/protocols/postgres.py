@@ -102,6 +102,7 @@ class PostgresSession(Session):
                     not 4 <= length <= MAX_MESSAGE:
                 raise Malformed(f"message type {kind:#x} length {length}")
             self.started = True
+            start = buffer.ts_at(0)  # when the message's first byte came
             if kind in SKIPPED and len(data) < 1 + length:
                 body = b""
                 buffer.consume(1 + length)  # the rest of a long row is skipped as it arrives
@@ -111,7 +112,7 @@ class PostgresSession(Session):
                 body = bytes(data[5:1 + length])
                 buffer.consume(1 + length)
             if direction is Direction.CLIENT:
-                self._client(chr(kind), body, ts_ns)
+                self._client(chr(kind), body, start)
             else:
                 exchange = self._server(chr(kind), body, ts_ns)
                 if exchange is not None:

@@ -155,9 +155,10 @@ class RedisSession(Session):
         try:
             if direction is Direction.CLIENT:
                 while (parsed := parse_command(data, pos)) is not None:
+                    start = buffer.ts_at(pos)  # when the command's first byte came
                     args, pos = parsed
                     if args:
-                        self._request(args, ts_ns)
+                        self._request(args, start)
             else:
                 while (reply := parse_reply(data, pos)) is not None:
                     value, pos = reply
