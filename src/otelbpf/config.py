@@ -117,6 +117,7 @@ class IdentityConfig(_Model):
     containerd_socket: str | None = "/run/containerd/containerd.sock"  # None: not asked
     containerd_namespaces: list[str] = Field(default_factory=lambda: ["k8s.io"])
     docker_socket: str | None = "/var/run/docker.sock"  # None: not asked
+    crio_socket: str | None = "/var/run/crio/crio.sock"  # None: not asked
     runtime_timeout: float = Field(0.5, gt=0, le=10)  # seconds a runtime may take to answer
     max_containers: int = Field(4096, ge=16, le=1_000_000)  # containers remembered
     node_name: str | None = None  # k8s.node.name; None: K8S_NODE_NAME, else the host name (kubelet's default)

@@ -15,6 +15,7 @@ import pytest
 
 from otelbpf.config import load_config
 from otelbpf.enrich.containerd import ContainerdClient
+from otelbpf.enrich.crio import CrioClient
 from otelbpf.enrich.docker import DockerClient
 from otelbpf.enrich.identity import IdentityTable
 from otelbpf.enrich.runtime import PENDING, Container, ContainerDirectory, RuntimeClient
@@ -72,13 +73,17 @@ def garbage(conn: socket.socket) -> None:
         conn.close()
 
 
+def respond(conn: socket.socket, status: str, body: bytes) -> None:
+    conn.sendall(f"HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+                 "Connection: close\r\n\r\n".encode() + body)
+
+
 def http_answer(status: str, body: bytes) -> Callable[[socket.socket], None]:
     def answer(conn: socket.socket) -> None:
         conn.settimeout(2)
         try:
             conn.recv(65536)
-            conn.sendall(f"HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n"
-                         "Connection: close\r\n\r\n".encode() + body)
+            respond(conn, status, body)
         finally:
             conn.close()
     return answer
@@ -99,10 +104,11 @@ def lookup_is_prompt(table: IdentityTable) -> dict:
 
 
 @pytest.mark.parametrize("kind", ["missing", "slow", "garbage"])
-@pytest.mark.parametrize("client", ["containerd", "docker"])
+@pytest.mark.parametrize("client", ["containerd", "docker", "cri-o"])
 def test_a_bad_socket_leaves_identity_empty_and_counted(tmp_path, kind, client):
     path = str(tmp_path / "runtime.sock")
-    runtime: RuntimeClient = ContainerdClient(path, timeout=2.0) if client == "containerd" else DockerClient(path, timeout=2.0)
+    runtime: RuntimeClient = {"containerd": ContainerdClient, "docker": DockerClient, "cri-o": CrioClient}[client](
+        path, timeout=2.0)
     directory = ContainerDirectory([runtime], retry_after=60)
     table = IdentityTable(HOST, proc=proc_with_container(tmp_path), containers=directory)
     handler = {"slow": silent, "garbage": garbage}.get(kind)
@@ -119,7 +125,7 @@ def test_a_bad_socket_leaves_identity_empty_and_counted(tmp_path, kind, client):
     failed = {name: n for name, n in directory.counts.items() if name.startswith("failed:")}
     assert sum(failed.values()) == 1, directory.counts
     # gRPC cannot tell garbage from a connection that broke: both are UNAVAILABLE to it
-    expected = {"missing": "missing", "slow": "timeout", "garbage": "garbage" if client == "docker" else "unavailable"}
+    expected = {"missing": "missing", "slow": "timeout", "garbage": "unavailable" if client == "containerd" else "garbage"}
     assert failed == {f"failed:{client}:{expected[kind]}": 1}
     assert table.unresolved == 1  # the first lookup; the second got the runtime's (empty) answer
 
@@ -225,6 +231,7 @@ def test_a_full_queue_drops_and_counts():
 
 def test_the_table_as_the_config_describes_it_counts_in_the_agents_metrics(tmp_path):
     config = load_config(None, {"OTELBPF_IDENTITY__CONTAINERD_SOCKET": str(tmp_path / "none.sock"),
+                                "OTELBPF_IDENTITY__CRIO_SOCKET": str(tmp_path / "crio.sock"),
                                 "OTELBPF_IDENTITY__DOCKER_SOCKET": str(tmp_path / "docker.sock"),
                                 "OTELBPF_IDENTITY__NODE_NAME": "node-7"}, {})
     table = IdentityTable.configured(HOST, **config.identity.model_dump())
@@ -240,7 +247,8 @@ def test_the_table_as_the_config_describes_it_counts_in_the_agents_metrics(tmp_p
     points = {i.name: [(dict(p.attributes), p.value) for p in i.points()] for i in registry.instruments()}
     assert points["otelbpf.identity.unresolved"] == [({}, 1)]
     assert points["otelbpf.identity.runtime_lookups"] == [
-        ({"result": "failed:containerd:missing"}, 1), ({"result": "failed:docker:missing"}, 1), ({"result": "not_found"}, 1)]
+        ({"result": "failed:containerd:missing"}, 1), ({"result": "failed:cri-o:missing"}, 1),
+        ({"result": "failed:docker:missing"}, 1), ({"result": "not_found"}, 1)]
 
 
 def test_a_container_no_runtime_knew_yet_is_named_once_one_does(tmp_path):
@@ -261,3 +269,46 @@ def test_a_container_no_runtime_knew_yet_is_named_once_one_does(tmp_path):
         assert runtime.asked == [CID, CID] and table.unresolved == 1
     finally:
         directory.close()
+
+
+def routed(answers: dict[str, bytes]) -> Callable[[socket.socket], None]:
+    """An HTTP server answering GET <path> from answers (404 for any other path)."""
+    def answer(conn: socket.socket) -> None:
+        conn.settimeout(2)
+        try:
+            path = conn.recv(65536).split(b" ", 2)[1].decode()
+            body = answers.get(path)
+            respond(conn, "200 OK" if body is not None else "404 Not Found", body if body is not None else b"{}")
+        finally:
+            conn.close()
+    return answer
+
+
+def test_crio_names_the_pod_from_the_container_and_its_sandbox(tmp_path):
+    """CRI-O's inspect API (no CRI-O in Debian: a stand-in serves what `crictl inspect`'s
+    endpoint answers): kubelet's labels on the container, the pod's on its sandbox."""
+    sandbox_id = "5a" * 32
+    kube = {"io.kubernetes.pod.name": "cart-7b5d4c9f8-p4q7r", "io.kubernetes.pod.namespace": "shop",
+            "io.kubernetes.pod.uid": "u-cart"}
+    container = {"name": "k8s_cart_cart-7b5d4c9f8-p4q7r_shop_u-cart_0", "pid": 4242, "image": "registry.local/cart:2",
+                 "labels": {**kube, "io.kubernetes.container.name": "cart"}, "annotations": {},
+                 "crio_annotations": {"io.kubernetes.cri-o.ContainerType": "container"}, "sandbox": sandbox_id}
+    sandbox = {"name": "k8s_POD_cart", "labels": {**kube, "app.kubernetes.io/name": "cart-api", "pod-template-hash": "7b5d4c9f8"},
+               "annotations": {"resource.opentelemetry.io/service.namespace": "retail"},
+               "crio_annotations": {"io.kubernetes.cri-o.ContainerType": "sandbox"}, "sandbox": sandbox_id}
+    path = str(tmp_path / "crio.sock")
+    with unix_server(path, routed({f"/containers/{CID}": json.dumps(container).encode(),
+                                   f"/containers/{sandbox_id}": json.dumps(sandbox).encode()})):
+        directory = ContainerDirectory([CrioClient(path)])
+        table = IdentityTable(HOST, proc=proc_with_container(tmp_path), containers=directory)
+        try:
+            table.resource(23, b"cart")
+            assert directory.wait_idle(5)
+            attrs = dict(table.resource(23, b"cart").attributes)
+        finally:
+            directory.close()
+        assert CrioClient(path).container("0" * 64) is None
+    assert (attrs["k8s.pod.name"], attrs["k8s.namespace.name"], attrs["k8s.container.name"]) == (
+        "cart-7b5d4c9f8-p4q7r", "shop", "cart")
+    assert (attrs["service.name"], attrs["service.namespace"], attrs["k8s.deployment.name"]) == ("cart-api", "retail", "cart")
+    assert (attrs["container.runtime"], attrs["container.image.name"]) == ("cri-o", "registry.local/cart:2")

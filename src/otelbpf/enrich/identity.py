@@ -81,12 +81,13 @@ class IdentityTable:
     @classmethod
     def configured(cls, host: Resource, *, containerd_socket: str | None, containerd_namespaces: list[str],
                    docker_socket: str | None, runtime_timeout: float, max_containers: int, node_name: str | None,
-                   kubernetes_api: bool = False, **rules: bool) -> IdentityTable:
+                   crio_socket: str | None = None, kubernetes_api: bool = False, **rules: bool) -> IdentityTable:
         """The table as the config's identity section describes it (its fields by name): the
         service.name rules, the runtimes' sockets to ask, the Kubernetes API (where a service
         account is mounted), the node's name (default: what the DaemonSet's downward API put in
         K8S_NODE_NAME, else the host name, as kubelet's)."""
         from otelbpf.enrich.containerd import ContainerdClient  # grpc only where a runtime is asked
+        from otelbpf.enrich.crio import CrioClient
         from otelbpf.enrich.docker import DockerClient
         from otelbpf.enrich.kube import ApiClient, KubernetesSource
 
@@ -99,6 +100,8 @@ class IdentityTable:
             clients.append(source)
         if containerd_socket:
             clients.append(ContainerdClient(containerd_socket, tuple(containerd_namespaces), runtime_timeout))
+        if crio_socket:
+            clients.append(CrioClient(crio_socket, runtime_timeout))
         if docker_socket:
             clients.append(DockerClient(docker_socket, runtime_timeout))
         known_rules = {f.name for f in fields(ServiceRules)}
