@@ -120,6 +120,8 @@ class RingBufferReader:
         # the ring is full and drops records.
         self._cons_pos = np.frombuffer(self._consumer, dtype=np.uint64, count=1)
         self._prod_pos = np.frombuffer(self._producer, dtype=np.uint64, count=1)
+        # Their addresses for the barriers, taken once: ndarray.ctypes makes an object per use.
+        self._cons_addr, self._prod_addr = self._cons_pos.ctypes.data, self._prod_pos.ctypes.data
         self._record_size = record_size or 0  # read only on the strided path (record_size given)
         self._stride = record_stride(record_size) if record_size else 0
         self._epoll: select.epoll | None = select.epoll()  # None once closed
@@ -133,12 +135,12 @@ class RingBufferReader:
 
     def _producer_pos(self) -> int:
         if self._order.load_acquire is not None:
-            return self._order.load_acquire(self._prod_pos.ctypes.data)
+            return self._order.load_acquire(self._prod_addr)
         return int(self._prod_pos[0])
 
     def _set_consumer_pos(self, pos: int) -> None:
         if self._order.store_release is not None:
-            self._order.store_release(self._cons_pos.ctypes.data, pos)
+            self._order.store_release(self._cons_addr, pos)
         else:
             self._cons_pos[0] = pos
 

@@ -298,17 +298,29 @@ class HttpSensor:
         """Each record's connection endpoints, as an index into a list: the kernel sends them
         with a connection's first record only, so later records are matched by (pid, sock).
         Connections that start or end in this batch are walked in kernel order; the others
-        (keep-alive connections known from earlier batches) cost one lookup each."""
+        (keep-alive connections known from earlier batches) cost one lookup each. (A socket
+        not in this batch's walk is looked up before the walk: the walk only changes sockets
+        it covers.)"""
         n = len(heads)
         endpoint = np.zeros(n, np.int32)
         endpoints: list[Endpoints] = [(2, bytes(16), 0, bytes(16), 0)]  # 0: unknown (first record not seen)
         known = self._endpoints
-        keys = np.empty(n, [("pid", "<u4"), ("sock", "<u8")])
-        keys["pid"], keys["sock"] = heads["pid"], heads["sock"]
+        sock, pid = heads["sock"], heads["pid"]
         first = heads["family"] != 0
         close = heads["direction"] == he.HTTP_CLOSE
         changing = first | close
-        walked = np.isin(keys, np.unique(keys[changing])) if changing.any() else np.zeros(n, bool)
+        walked = np.isin(sock, sock[changing]) if changing.any() else np.zeros(n, bool)
+        rest = np.flatnonzero(~walked)
+        if len(rest):
+            socks, one, inverse = np.unique(sock[rest], return_index=True, return_inverse=True)
+            inverse = inverse.reshape(-1)
+            owners = pid[rest][one]
+            shared = pid[rest] != owners[inverse]  # a socket two processes use (after a fork): walked
+            if shared.any():
+                walked[rest[shared]] = True
+                rest, inverse = rest[~shared], inverse[~shared]
+            found = [self._endpoint_index((p, s), endpoints) for p, s in zip(owners.tolist(), socks.tolist())]
+            endpoint[rest] = np.array(found, np.int32)[inverse]
         for i in np.flatnonzero(walked).tolist():
             h = heads[i]
             key = (int(h["pid"]), int(h["sock"]))
@@ -325,11 +337,6 @@ class HttpSensor:
                 known.pop(key, None)
             else:
                 endpoint[i] = self._endpoint_index(key, endpoints)
-        rest = np.flatnonzero(~walked)
-        if len(rest):
-            unique, inverse = np.unique(keys[rest], return_inverse=True)
-            found = [self._endpoint_index(key, endpoints) for key in unique.tolist()]
-            endpoint[rest] = np.array(found, np.int32)[inverse.reshape(-1)]
         return endpoint, endpoints
 
     def _endpoint_index(self, key: tuple[int, int], endpoints: list[Endpoints]) -> int:
