@@ -34,6 +34,7 @@ class PodSpec:
     uid: str = field(default_factory=lambda: str(uuid.uuid4()))
     sandbox_id: str = field(default_factory=lambda: os.urandom(32).hex())
     container_id: str = field(default_factory=lambda: os.urandom(32).hex())
+    host_usr: bool = False  # the host's /usr mounted read-only: its python3 runs in the container
 
 
 class Containerd:
@@ -104,7 +105,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
         self._run(pod.sandbox_id, self.cgroup_path(pod, pod.sandbox_id), ["sleep", "600"],
                   labels={**pod.labels, **pod_labels, cri.KIND_LABEL: "sandbox"},
                   annotations={**common, "io.kubernetes.cri.container-type": "sandbox"})
-        self._run(pod.container_id, self.cgroup_path(pod, pod.container_id), pod.command,
+        self._run(pod.container_id, self.cgroup_path(pod, pod.container_id), pod.command, host_usr=pod.host_usr,
                   labels={**pod_labels, cri.CONTAINER_NAME_LABEL: pod.container, cri.KIND_LABEL: "container"},
                   annotations={**common, "io.kubernetes.cri.container-type": "container",
                                cri.CONTAINER_NAME_ANNOTATION: pod.container,
@@ -139,8 +140,10 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
         shutil.rmtree(self.dir, ignore_errors=True)
 
     def _run(self, container_id: str, cgroup: str, command: list[str], labels: dict[str, str],
-             annotations: dict[str, str]) -> None:
+             annotations: dict[str, str], host_usr: bool = False) -> None:
         args = ["run", "--detach", "--net-host", "--cgroup", cgroup, "--env", "PATH=/bin"]
+        if host_usr:
+            args += ["--mount", "type=bind,src=/usr,dst=/usr,options=rbind:ro"]
         for key, value in labels.items():
             args += ["--label", f"{key}={value}"]
         for key, value in annotations.items():
@@ -148,8 +151,10 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
         self.ctr(*args, "--rootfs", self.rootfs, container_id, *command)
 
     def _make_rootfs(self) -> None:
-        for sub in ("bin", "proc", "dev", "sys", "tmp", "etc", "www"):
+        for sub in ("bin", "proc", "dev", "sys", "tmp", "etc", "www", "usr"):
             os.makedirs(os.path.join(self.rootfs, sub), exist_ok=True)
+        for lib in ("lib", "lib64"):  # a usr-merged layout, for the host's /usr when it is mounted
+            os.symlink(f"usr/{lib}", os.path.join(self.rootfs, lib))
         shutil.copy(shutil.which("busybox") or "/bin/busybox", os.path.join(self.rootfs, "bin", "busybox"))
         for applet in BUSYBOX_APPLETS:
             os.symlink("busybox", os.path.join(self.rootfs, "bin", applet))
