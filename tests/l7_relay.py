@@ -100,12 +100,7 @@ class Relay:
 
 def replay(records: list[Record], protocol: str | None = None) -> tuple[list[Exchange], Connection]:
     """The exchanges the L7 layer makes of one recorded connection (detected unless told)."""
-    connection = Connection(protocol)
-    exchanges: list[Exchange] = []
-    for direction, ts_ns, chunk in records:
-        exchanges += connection.feed(direction, ts_ns, chunk)
-    exchanges += connection.close(records[-1][1] if records else 0)
-    return exchanges, connection
+    return replay_captured(records, 1 << 62, protocol)
 
 
 def replay_all(relay: Relay) -> Iterator[tuple[list[Exchange], Connection]]:
@@ -118,3 +113,16 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
+
+
+def replay_captured(records: list[Record], limit: int, protocol: str | None = None,
+                    keep_literals: bool = False) -> tuple[list[Exchange], Connection]:
+    """As replay(), but as a kernel capture copying at most `limit` bytes of each read or
+    write would give it: the prefix, and how many bytes were not copied."""
+    connection = Connection(protocol, keep_literals=keep_literals)
+    exchanges: list[Exchange] = []
+    for direction, ts_ns, chunk in records:
+        exchanges += connection.feed(direction, ts_ns, chunk[:limit], max(0, len(chunk) - limit))
+    exchanges += connection.close(records[-1][1] if records else 0)
+    return exchanges, connection
+

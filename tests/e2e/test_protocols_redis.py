@@ -14,7 +14,7 @@ import redis
 from otelbpf.protocols.exchange import Direction
 from otelbpf.protocols.l7 import Connection
 from tests.conftest import require_tool, wait_for_port
-from tests.l7_relay import Relay, free_port, replay
+from tests.l7_relay import Relay, free_port, replay, replay_captured
 
 SINGLE = 23
 PIPELINE = 7
@@ -123,3 +123,23 @@ def test_every_command_is_one_exchange_as_monitor_saw_it(redis_port, resp):
     first_reply = min(ts for d, ts, _ in records if d is Direction.SERVER and ts > piped[0].start_ns)
     assert piped[0].end_ns == first_reply
     assert [e.operation for e in exchanges[-5:]] == ["MULTI", "INCRBY", "SET", "GET", "EXEC"]
+
+
+BIG = 100_000
+
+
+def test_big_values_still_pair_when_only_4_kib_of_each_read_and_write_is_captured(redis_port):
+    with Relay(redis_port) as relay:
+        client = redis.Redis(port=relay.port, protocol=2, driver_info=None)
+        for i in range(5):
+            client.set(f"big:{i}", b"v" * BIG)
+            assert len(client.get(f"big:{i}")) == BIG
+        client.close()
+        relay.wait_idle()
+    [records] = relay.connections
+    assert max(len(chunk) for _, _, chunk in records) > 4096  # the capture does cut here
+    full, _ = replay(records)
+    cut, connection = replay_captured(records, 4096)
+    assert [(e.operation, e.attributes["db.query.text"]) for e in cut] == [("SET", "SET ? ?"), ("GET", "GET ?")] * 5
+    assert [(e.start_ns, e.end_ns, e.error_type) for e in cut] == [(e.start_ns, e.end_ns, e.error_type) for e in full]
+    assert connection.counters["padded_bytes"] > 0 and "malformed" not in connection.counters

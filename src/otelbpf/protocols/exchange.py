@@ -15,6 +15,10 @@ from enum import IntEnum
 # A message still incomplete after this many buffered bytes is given up (counted "oversize"):
 # per-connection state stays bounded whatever a peer sends.
 MAX_BUFFER = 1 << 20
+# Bytes a capture did not copy (it copies a prefix of each read or write) are stood in for
+# by zeros, so the message they belong to keeps its framing, up to what a buffer may hold;
+# more, and the direction starts over from the next chunk.
+MAX_PADDING = MAX_BUFFER
 # Requests waiting for their responses, per connection; older ones are evicted and counted.
 MAX_PENDING = 1024
 
@@ -112,7 +116,30 @@ class Session:
         self.counters: Counter[str] = Counter()
         self.opaque = False  # TLS started or the stream was lost for good: bytes are ignored
 
-    def feed(self, direction: Direction, ts_ns: int, chunk: bytes) -> list[Exchange]:
+    def feed(self, direction: Direction, ts_ns: int, chunk: bytes, missing: int = 0) -> list[Exchange]:
+        """The exchanges this chunk completes. missing: bytes of the same read or write that
+        the capture did not copy. Bytes the parser was skipping anyway (a long row, a body)
+        cost nothing; up to MAX_PADDING more are zeros (a query's text ends where the capture
+        did, counted "padded_bytes"); past that the direction starts over (counted "gap")."""
+        out = self._feed(direction, ts_ns, chunk)
+        if missing <= 0 or self.opaque:
+            return out
+        buffer = self.buffers[direction]
+        covered = min(buffer.skip, missing)
+        buffer.skip -= covered
+        buffer.consumed += covered
+        missing -= covered
+        if not missing:
+            return out
+        if missing <= MAX_PADDING:
+            self.counters["padded_bytes"] += missing
+            return out + self._feed(direction, ts_ns, bytes(missing))
+        self.counters["gap"] += 1
+        buffer.clear()
+        self.resync(direction)
+        return out
+
+    def _feed(self, direction: Direction, ts_ns: int, chunk: bytes) -> list[Exchange]:
         if self.opaque or not chunk:
             return []
         buffer = self.buffers[direction]

@@ -27,6 +27,7 @@ END_STREAM, END_HEADERS, PADDED, PRIORITY_FLAG = 0x1, 0x4, 0x8, 0x20
 SETTINGS_HEADER_TABLE_SIZE, SETTINGS_MAX_FRAME_SIZE = 0x1, 0x5
 DEFAULT_MAX_FRAME, MAX_FRAME = 16384, (1 << 24) - 1
 MAX_HEADER_BLOCK = 256 * 1024
+STREAM_BOUND = frozenset({DATA, HEADERS, PRIORITY, RST_STREAM, PUSH_PROMISE, CONTINUATION})  # never on stream 0
 ERROR_CODES = ["NO_ERROR", "PROTOCOL_ERROR", "INTERNAL_ERROR", "FLOW_CONTROL_ERROR", "SETTINGS_TIMEOUT", "STREAM_CLOSED",
                "FRAME_SIZE_ERROR", "REFUSED_STREAM", "CANCEL", "COMPRESSION_ERROR", "CONNECT_ERROR", "ENHANCE_YOUR_CALM",
                "INADEQUATE_SECURITY", "HTTP_1_1_REQUIRED"]
@@ -142,6 +143,8 @@ class Http2Session(Session):
                ts_ns: int, start_ns: int) -> Exchange | None:
         if self.block and kind != CONTINUATION:
             raise Malformed("a header block interrupted")
+        if (stream_id == 0) != (kind in (SETTINGS, PING, GOAWAY)) and kind in STREAM_BOUND | {SETTINGS, PING, GOAWAY}:
+            raise Malformed(f"frame type {kind} on stream {stream_id}")  # zeros from a capture cut look like this
         if kind == DATA:
             return self._data(direction, stream_id, flags, ts_ns)
         if kind in (HEADERS, PUSH_PROMISE):

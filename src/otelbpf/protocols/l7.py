@@ -45,18 +45,19 @@ class Connection:
         self.session: Session | None = None
         self.ignored = False  # no protocol of ours: later bytes cost nothing
         self._first: dict[Direction, bytes] = {}
-        self._held: list[tuple[Direction, int, bytes]] = []
+        self._held: list[tuple[Direction, int, bytes, int]] = []
         if protocol is not None:
             self._start(protocol)
 
-    def feed(self, direction: Direction, ts_ns: int, chunk: bytes) -> list[Exchange]:
+    def feed(self, direction: Direction, ts_ns: int, chunk: bytes, missing: int = 0) -> list[Exchange]:
+        """missing: bytes of this read or write the capture did not copy (see Session.feed)."""
         if self.ignored or not chunk:
             return []
         if self.session is not None:
-            return self.session.feed(direction, ts_ns, chunk)
+            return self.session.feed(direction, ts_ns, chunk, missing)
         # A first message may come in pieces: look at up to DETECT_BYTES of each direction.
         self._first[direction] = (self._first.get(direction, b"") + chunk)[:DETECT_BYTES]
-        self._held.append((direction, ts_ns, chunk))
+        self._held.append((direction, ts_ns, chunk, missing))
         found = detect(self._first.get(Direction.CLIENT, b""), self._first.get(Direction.SERVER, b""))
         if found is None:
             # Both sides spoke (a first message is whole once the other side answers it).
@@ -68,8 +69,8 @@ class Connection:
         held, self._held = self._held, []
         out: list[Exchange] = []
         if self.session is not None:
-            for held_direction, held_ts, held_chunk in held:
-                out += self.session.feed(held_direction, held_ts, held_chunk)
+            for held_direction, held_ts, held_chunk, held_missing in held:
+                out += self.session.feed(held_direction, held_ts, held_chunk, held_missing)
         return out
 
     def close(self, ts_ns: int) -> list[Exchange]:
@@ -103,7 +104,7 @@ class Connections:
         self.table: OrderedDict[Hashable, Connection] = OrderedDict()
         self.totals: Counter[tuple[str, str]] = Counter()  # (protocol, reason) -> count
 
-    def feed(self, key: Hashable, direction: Direction, ts_ns: int, chunk: bytes,
+    def feed(self, key: Hashable, direction: Direction, ts_ns: int, chunk: bytes, missing: int = 0,
              server_port: int | None = None) -> list[Exchange]:
         connection = self.table.get(key)
         out: list[Exchange] = []
@@ -116,7 +117,7 @@ class Connections:
             connection = self.table[key] = Connection(hint, keep_literals=self.keep_literals)
         else:
             self.table.move_to_end(key)
-        return out + connection.feed(direction, ts_ns, chunk)
+        return out + connection.feed(direction, ts_ns, chunk, missing)
 
     def close(self, key: Hashable, ts_ns: int) -> list[Exchange]:
         connection = self.table.pop(key, None)

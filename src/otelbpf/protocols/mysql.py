@@ -183,7 +183,7 @@ class MySQLSession(Session):
                 if count:
                     self.counters["query_attributes"] += 1  # typed values precede the text: not followed
                     start = len(payload)
-            command.query = payload[start:].decode("utf-8", "replace") or None
+            command.query = payload[start:].rstrip(b"\0").decode("utf-8", "replace") or None  # zeros: capture cut
         elif code == COM_STMT_EXECUTE and len(payload) >= 5:
             command.statement_id = struct.unpack_from("<I", payload, 1)[0]
             command.query = self.statements.get(command.statement_id)

@@ -26,6 +26,8 @@ class NatsSession(Session):
         verbs = CLIENT_VERBS if direction is Direction.CLIENT else SERVER_VERBS
         while True:
             end = buffer.data.find(b"\r\n")
+            if buffer.data.find(b"\0", 0, end if end >= 0 else len(buffer.data)) >= 0:
+                raise Malformed("a zero byte in a line (bytes the capture did not copy)")
             if end < 0:
                 if len(buffer.data) > MAX_LINE:
                     raise Malformed("line too long")

@@ -29,6 +29,8 @@ class Reply:
 
 def _line_end(data: bytearray, pos: int) -> int:
     end = data.find(b"\r\n", pos)
+    if data.find(b"\0", pos, end if end >= 0 else len(data)) >= 0:
+        raise Malformed("a zero byte in a line (bytes the capture did not copy)")
     if end < 0:
         if len(data) - pos > MAX_LINE:
             raise Malformed("line too long")
