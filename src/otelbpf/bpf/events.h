@@ -223,12 +223,23 @@ struct sec_ancestor {
 	char comm[OTELBPF_COMM_LEN];
 };
 
+/* bpf hook: the program a bpf() load or attach (or a perf event's SET_BPF ioctl) is about. */
+struct sec_bpf {
+	__u8 tag[8];           /* the program's tag (first bytes of the SHA of its instructions), 0s if unknown */
+	__u32 prog_id;         /* the kernel's program id, 0 if the load failed */
+	__u32 prog_type;       /* enum bpf_prog_type */
+	__u32 attach_type;     /* enum bpf_attach_type (SET_BPF: the perf event's attr.type) */
+	__s32 ret;             /* what the syscall returned (a new fd, 0 or -errno) */
+	char name[16];         /* the program's name */
+};
+
 /* A security rule matched: only matches reach user space. */
 struct security_event {
 	__u64 ktime_ns;
 	__u64 start_time_ns;   /* of the matching process (thread group leader) */
 	__u64 cgroup_id;
-	__u64 args[3];         /* numeric syscall arguments (open flags and mode, ids, ptrace request and pid, port) */
+	__u64 args[3];         /* numeric syscall arguments (open flags and mode, ids, ptrace request and pid, port;
+				* bpf: command, target fd or perf event config) */
 	__u32 rule;            /* rule slot in the kernel's rule table */
 	__u32 hook;            /* enum in security.bpf.c / otelbpf.security.hooks */
 	__u32 syscall;         /* which syscall of the hook */
@@ -242,9 +253,11 @@ struct security_event {
 	__u32 pidns;           /* pid namespace inode number */
 	__u32 str_len;         /* bytes in str, without the NUL */
 	__u8 addr[16];         /* connect: destination, IPv4 as ::ffff:a.b.c.d */
+	struct sec_bpf bpf;    /* bpf: the program, zeros for other hooks */
 	char comm[OTELBPF_COMM_LEN];
 	char binary[SEC_PATH_LEN];  /* path given to the exec of the running image, "" if unknown */
 	char str[SEC_PATH_LEN];     /* file_open, exec: the opened file's path as the kernel resolved it;
+				     * bpf: the attach target's name where the kernel has one;
 				     * other hooks: the string argument as the process passed it */
 	struct sec_ancestor ancestors[SEC_ANCESTORS];
 };

@@ -35,12 +35,13 @@ char LICENSE[] SEC("license") = "GPL";
 #define MAX_VALUES 8
 #define MAX_CGROUP_LEVELS 16
 
-enum hook { HOOK_FILE = 1, HOOK_EXEC, HOOK_CONNECT, HOOK_PRIVILEGE, HOOK_MODULE, HOOK_PTRACE, HOOK_MOUNT, HOOK_MAX };
+enum hook { HOOK_FILE = 1, HOOK_EXEC, HOOK_CONNECT, HOOK_PRIVILEGE, HOOK_MODULE, HOOK_PTRACE, HOOK_MOUNT, HOOK_BPF,
+	    HOOK_MAX };
 enum action { ACTION_POST = 1, ACTION_SIGKILL, ACTION_SIGNAL };
 enum syscall {
 	SYS_OPENAT = 1, SYS_OPENAT2, SYS_OPEN, SYS_CREAT, SYS_EXECVE, SYS_EXECVEAT, SYS_CONNECT,
 	SYS_SETUID, SYS_SETGID, SYS_SETREUID, SYS_SETREGID, SYS_SETRESUID, SYS_SETRESGID, SYS_CAPSET,
-	SYS_INIT_MODULE, SYS_FINIT_MODULE, SYS_PTRACE, SYS_MOUNT,
+	SYS_INIT_MODULE, SYS_FINIT_MODULE, SYS_PTRACE, SYS_MOUNT, SYS_BPF, SYS_IOCTL,
 };
 
 /* rule flags */
@@ -67,6 +68,8 @@ enum syscall {
 
 /* The host's pid namespace: processes in another one count as "in a container". */
 const volatile __u32 host_pidns = 0;
+/* The agent: its own BPF loads are not audit events. */
+const volatile __u32 self_pid = 0;
 
 struct rule {
 	__u32 hook;            /* 0: empty slot */
@@ -316,6 +319,7 @@ struct match_args {
 	__u64 value3;
 	__u8 *addr;            /* connect: 16 bytes */
 	char *str;             /* SEC_PATH_LEN bytes, may be NULL */
+	struct sec_bpf *bpf;   /* bpf: the program, may be NULL */
 };
 
 static __always_inline bool values_match(struct rule *r, struct match_args *m)
@@ -363,6 +367,10 @@ static __always_inline void post(__u32 i, __u32 action, __u32 sig, struct match_
 		__builtin_memcpy(e->addr, m->addr, 16);
 	else
 		__builtin_memset(e->addr, 0, 16);
+	if (m->bpf)
+		__builtin_memcpy(&e->bpf, m->bpf, sizeof(e->bpf));
+	else
+		__builtin_memset(&e->bpf, 0, sizeof(e->bpf));
 	bpf_get_current_comm(e->comm, sizeof(e->comm));
 	self = bpf_map_lookup_elem(&procs, &tgid);
 	if (self)
@@ -933,6 +941,150 @@ SEC("tracepoint/syscalls/sys_enter_ptrace")
 int sec_ptrace(struct trace_event_raw_sys_enter *ctx)
 {
 	return match_values(HOOK_PTRACE, SYS_PTRACE, ctx->args[0], ctx->args[1], 0, 1);
+}
+
+/* --- BPF program loads and attaches (the agent's own left out) --------------------------------- */
+
+#define PERF_EVENT_IOC_SET_BPF 0x40042408 /* _IOW('$', 8, __u32) */
+#define PERF_TYPE_TRACEPOINT 2
+
+/* The program behind a bpf prog fd of the current process. */
+static __always_inline void describe_prog(struct task_struct *task, long fd, struct sec_bpf *out)
+{
+	struct file *f = file_of_fd(task, fd);
+	struct bpf_prog *prog;
+
+	if (!f)
+		return;
+	prog = KERNEL_CAST(struct bpf_prog, f->private_data);
+	out->prog_type = prog->type;
+	out->attach_type = prog->expected_attach_type;
+	__builtin_memcpy(out->tag, prog->tag, sizeof(out->tag));
+	out->prog_id = prog->aux->id;
+	__builtin_memcpy(out->name, prog->aux->name, sizeof(out->name));
+}
+
+static __always_inline int match_bpf(__u32 syscall, struct sec_bpf *b, __u64 cmd, __u64 target, char *str, __u32 len)
+{
+	struct hook_conf *c = conf_of(HOOK_BPF);
+	struct match_args m = {};
+
+	m.hook = HOOK_BPF;
+	m.syscall = syscall;
+	m.args[0] = cmd;
+	m.args[1] = target;
+	m.value2 = ~0ULL;
+	m.value3 = ~0ULL;
+	m.bpf = b;
+	m.str = str;
+	m.str_len = len;
+	if (c)
+		apply(c->rules, &m);
+	return 0;
+}
+
+/* At the exit of bpf(): loads (the new program, or what was asked when it failed) and the
+ * attaches with their target (a raw tracepoint's name, a BTF function's, a target fd). */
+SEC("tracepoint/syscalls/sys_exit_bpf")
+int sec_bpf(struct trace_event_raw_sys_exit *ctx)
+{
+	struct hook_conf *c = conf_of(HOOK_BPF);
+	struct task_struct *task;
+	struct pt_regs *regs;
+	struct sec_bpf b = {};
+	struct scratch *s;
+	void *uattr;
+	__u64 cmd, target = 0;
+	__u32 prog_fd = 0, len = 0;
+	long ret = ctx->ret;
+
+	if (!c || !c->rules || bpf_get_current_pid_tgid() >> 32 == self_pid)
+		return 0;
+	task = bpf_get_current_task_btf();
+	regs = (struct pt_regs *)bpf_task_pt_regs(task);
+	cmd = PT_REGS_PARM1_CORE_SYSCALL(regs);
+	uattr = (void *)PT_REGS_PARM2_CORE_SYSCALL(regs);
+	if (cmd != BPF_PROG_LOAD && cmd != BPF_PROG_ATTACH && cmd != BPF_RAW_TRACEPOINT_OPEN && cmd != BPF_LINK_CREATE)
+		return 0;
+	s = get_scratch();
+	if (!s)
+		return 0;
+	s->key.data[1] = 0;
+	b.ret = ret;
+	if (cmd == BPF_PROG_LOAD) {
+		if (ret >= 0) {
+			struct file *f = file_of_fd(task, ret);
+			const char *func;
+
+			describe_prog(task, ret, &b);
+			func = f ? KERNEL_CAST(struct bpf_prog, f->private_data)->aux->attach_func_name : 0;
+			if (func) {
+				long n = bpf_probe_read_kernel_str(&s->key.data[1], SEC_PATH_LEN - 1, func);
+				len = n > 0 ? n - 1 : 0;
+			}
+		} else { /* what was asked for */
+			bpf_probe_read_user(&b.prog_type, 4, uattr);
+			bpf_probe_read_user(b.name, sizeof(b.name), uattr + 48);
+			bpf_probe_read_user(&b.attach_type, 4, uattr + 68);
+		}
+	} else if (cmd == BPF_RAW_TRACEPOINT_OPEN) {
+		__u64 name = 0;
+		long n;
+
+		bpf_probe_read_user(&name, 8, uattr);
+		bpf_probe_read_user(&prog_fd, 4, uattr + 8);
+		n = name ? bpf_probe_read_user_str(&s->key.data[1], SEC_PATH_LEN - 1, (void *)name) : 0;
+		len = n > 0 ? n - 1 : 0;
+	} else { /* BPF_PROG_ATTACH: target_fd, attach_bpf_fd, attach_type; BPF_LINK_CREATE: prog_fd, target_fd, attach_type */
+		__u32 fds[3] = {};
+
+		bpf_probe_read_user(fds, sizeof(fds), uattr);
+		prog_fd = cmd == BPF_PROG_ATTACH ? fds[1] : fds[0];
+		target = cmd == BPF_PROG_ATTACH ? fds[0] : fds[1];
+		b.attach_type = fds[2];
+	}
+	if (cmd != BPF_PROG_LOAD && ret >= 0) {
+		__u32 attach_type = b.attach_type;
+
+		describe_prog(task, prog_fd, &b);
+		if (cmd != BPF_RAW_TRACEPOINT_OPEN)
+			b.attach_type = attach_type; /* what it was attached as */
+	}
+	return match_bpf(SYS_BPF, &b, cmd, target, (char *)&s->key.data[1], len);
+}
+
+/* perf_event_open + ioctl(PERF_EVENT_IOC_SET_BPF): how tracepoint, kprobe, uprobe and perf
+ * programs are attached without a BPF link (bpftrace does this). The target is the perf
+ * event's type and config (a tracepoint's id, named in user space). */
+SEC("tracepoint/syscalls/sys_exit_ioctl")
+int sec_ioctl(struct trace_event_raw_sys_exit *ctx)
+{
+	struct hook_conf *c = conf_of(HOOK_BPF);
+	struct task_struct *task;
+	struct perf_event *event;
+	struct pt_regs *regs;
+	struct sec_bpf b = {};
+	struct file *f;
+	__u64 config = 0;
+
+	if (!c || !c->rules)
+		return 0;
+	task = bpf_get_current_task_btf();
+	regs = (struct pt_regs *)bpf_task_pt_regs(task);
+	if ((__u32)PT_REGS_PARM2_CORE_SYSCALL(regs) != PERF_EVENT_IOC_SET_BPF ||
+	    bpf_get_current_pid_tgid() >> 32 == self_pid)
+		return 0;
+	b.ret = ctx->ret;
+	if (ctx->ret == 0) {
+		describe_prog(task, PT_REGS_PARM3_CORE_SYSCALL(regs), &b);
+		f = file_of_fd(task, PT_REGS_PARM1_CORE_SYSCALL(regs));
+		if (f) {
+			event = KERNEL_CAST(struct perf_event, f->private_data);
+			b.attach_type = event->attr.type;
+			config = event->attr.config;
+		}
+	}
+	return match_bpf(SYS_IOCTL, &b, PERF_EVENT_IOC_SET_BPF, config, 0, 0);
 }
 
 /* --- connect ----------------------------------------------------------------------------------- */

@@ -17,6 +17,7 @@ import numpy as np
 
 from otelbpf.enrich import procfs
 from otelbpf.pipeline.redact import redact_args
+from otelbpf.security import bpf_audit
 from otelbpf.security.compiler import RuleInfo
 from otelbpf.security.hooks import HOOK_NAMES, SYSCALLS
 from otelbpf.signals.model import LogRecord, Severity
@@ -30,12 +31,14 @@ SECURITY_EVENT = np.dtype([
     ("ktime_ns", "<u8"), ("start_time_ns", "<u8"), ("cgroup_id", "<u8"), ("args", "<u8", 3),
     ("rule", "<u4"), ("hook", "<u4"), ("syscall", "<u4"), ("action", "<u4"), ("signal", "<u4"),
     ("pid", "<u4"), ("tid", "<u4"), ("ppid", "<u4"), ("uid", "<u4"), ("gid", "<u4"), ("pidns", "<u4"),
-    ("str_len", "<u4"), ("addr", "u1", 16), ("comm", "S16"), ("binary", "S256"), ("str", "S256"),
+    ("str_len", "<u4"), ("addr", "u1", 16), ("bpf", bpf_audit.SEC_BPF), ("comm", "S16"), ("binary", "S256"),
+    ("str", "S256"),
     ("ancestors", ANCESTOR, ANCESTORS),
 ])
 SEVERITY = {"debug": Severity.DEBUG, "info": Severity.INFO, "warn": Severity.WARN, "error": Severity.ERROR,
             "fatal": Severity.FATAL}
 _TICKS = os.sysconf("SC_CLK_TCK")
+_PERF_TARGETS = bpf_audit.PerfTargets()
 
 
 def _text(raw: bytes) -> str:
@@ -151,6 +154,11 @@ def _argument_attributes(e: np.void, hook: str, syscall: str, attrs: dict) -> No
     elif hook == "ptrace":
         attrs["otelbpf.security.ptrace.request"] = args[0]
         attrs["otelbpf.security.ptrace.target_pid"] = args[1]
+    elif hook == "bpf":
+        attrs.update(bpf_audit.attributes(e["bpf"], args[0], args[1], text, _PERF_TARGETS))
+        attrs["otelbpf.security.argument"] = " ".join(
+            str(attrs[k]) for k in ("otelbpf.security.bpf.command", "otelbpf.security.bpf.prog.type",
+                                    "otelbpf.security.bpf.prog.name", "otelbpf.security.bpf.target") if attrs.get(k))
 
 
 def _signal_name(sig: int) -> str:

@@ -27,14 +27,16 @@ HOOKS: dict[str, Hook] = {
     "module_load": Hook(5, ("sec_init_module", "sec_finit_module"), ()),
     "ptrace": Hook(6, ("sec_ptrace",), ("requests",)),
     "mount": Hook(7, ("sec_mount",), ("paths",)),
+    "bpf": Hook(8, ("sec_bpf", "sec_ioctl"), ()),  # bpf() loads and attaches, perf SET_BPF ioctls
 }
 HOOK_NAMES = {h.id: name for name, h in HOOKS.items()}
 
 # Programs that keep per-process binary selector state (and match exec rules); always attached.
 PROCESS_PROGRAMS = ("sec_exec", "sec_fork", "sec_exit")
 
-# File opens are matched at syscall exit, on the file the kernel opened.
-_AT_EXIT = ("sec_openat", "sec_openat2", "sec_open", "sec_creat")
+# File opens are matched at syscall exit, on the file the kernel opened; bpf() and ioctl() at
+# exit too, where the program exists (or the call failed).
+_AT_EXIT = ("sec_openat", "sec_openat2", "sec_open", "sec_creat", "sec_bpf", "sec_ioctl")
 
 
 def tracepoint_of(program: str) -> str:
@@ -44,4 +46,4 @@ def tracepoint_of(program: str) -> str:
 
 SYSCALLS = {1: "openat", 2: "openat2", 3: "open", 4: "creat", 5: "execve", 6: "execveat", 7: "connect",
             8: "setuid", 9: "setgid", 10: "setreuid", 11: "setregid", 12: "setresuid", 13: "setresgid",
-            14: "capset", 15: "init_module", 16: "finit_module", 17: "ptrace", 18: "mount"}
+            14: "capset", 15: "init_module", 16: "finit_module", 17: "ptrace", 18: "mount", 19: "bpf", 20: "ioctl"}

@@ -9,7 +9,7 @@ from otelbpf.security.policy import Policy, load_policy
 
 SHIPPED_DIR = Path(__file__).resolve().parent.parent / "policies"
 # Loaded by default, report only; container-shell-kill is opt-in (name its file).
-SHIPPED_DEFAULTS = ("sensitive-files", "outbound-public", "kernel-modules", "setuid-root")
+SHIPPED_DEFAULTS = ("sensitive-files", "outbound-public", "kernel-modules", "setuid-root", "bpf-audit")
 
 
 @dataclass(frozen=True, slots=True)

@@ -91,7 +91,7 @@ class SecuritySensor:
         skip = unavailable_hooks()
         compiled = compile_policies(self._policies, enforce=self._enforce, unavailable_hooks=skip)
         with loading(self._bpf_object, layouts={"security_event": ev.SECURITY_EVENT},
-                     rodata={"host_pidns": self._host_pidns},
+                     rodata={"host_pidns": self._host_pidns, "self_pid": os.getpid()},
                      max_entries={"security_events": self._ringbuf_bytes}) as obj:
             for hook in HOOKS.values():
                 for prog in hook.programs:
