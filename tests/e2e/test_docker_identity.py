@@ -5,6 +5,7 @@ Docker's API on its socket; one without compose labels by its executable."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -38,8 +39,11 @@ class Docker:
         self._process: subprocess.Popen | None = None
 
     def start(self) -> None:
+        config = os.path.join(self.dir, "daemon.json")
+        with open(config, "w") as f:  # its key file here too, not in /etc/docker
+            json.dump({"deprecated-key-path": os.path.join(self.dir, "key.json")}, f)
         self._process = subprocess.Popen(
-            ["dockerd", "--data-root", f"{self.dir}/data", "--exec-root", f"{self.dir}/exec", "--host",
+            ["dockerd", "--config-file", config, "--data-root", f"{self.dir}/data", "--exec-root", f"{self.dir}/exec", "--host",
              f"unix://{self.socket}", "--pidfile", f"{self.dir}/dockerd.pid", "--iptables=false", "--ip6tables=false",
              "--ip-masq=false", "--bridge=none", "--storage-driver=vfs", "--cgroup-parent", f"/{self.cgroup_top}/docker"],
             stdout=self._log, stderr=subprocess.STDOUT)
@@ -57,7 +61,8 @@ class Docker:
         self.docker("import", os.path.join(self.dir, "rootfs.tar"), IMAGE)
 
     def docker(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-        done = subprocess.run([self.cli, "-H", f"unix://{self.socket}", *args], capture_output=True, text=True, timeout=60)
+        done = subprocess.run([self.cli, "-H", f"unix://{self.socket}", *args], capture_output=True, text=True, timeout=60,
+                              env={**os.environ, "DOCKER_CONFIG": os.path.join(self.dir, "cli")})
         if check and done.returncode != 0:
             raise AssertionError(f"docker {' '.join(args)}: {done.stderr.strip()}\n{self.log_tail()}")
         return done
