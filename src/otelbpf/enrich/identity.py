@@ -91,6 +91,10 @@ class IdentityTable:
         from otelbpf.enrich.docker import DockerClient
         from otelbpf.enrich.kube import ApiClient, KubernetesSource
 
+        known_rules = {f.name for f in fields(ServiceRules)}
+        unknown = set(rules) - known_rules
+        if unknown:  # before anything is started
+            raise TypeError(f"unknown identity rules {sorted(unknown)} (known: {sorted(known_rules)})")
         node_name = node_name or os.environ.get(NODE_NAME_ENV) or socket.gethostname()
         clients: list[RuntimeClient] = []
         api = ApiClient.in_cluster() if kubernetes_api else None
@@ -104,10 +108,6 @@ class IdentityTable:
             clients.append(CrioClient(crio_socket, runtime_timeout))
         if docker_socket:
             clients.append(DockerClient(docker_socket, runtime_timeout))
-        known_rules = {f.name for f in fields(ServiceRules)}
-        unknown = set(rules) - known_rules
-        if unknown:
-            raise TypeError(f"unknown identity rules {sorted(unknown)} (known: {sorted(known_rules)})")
         return cls(host, rules=ServiceRules(**rules),
                    containers=ContainerDirectory(clients, max_entries=max_containers) if clients else None,
                    node_name=node_name)
