@@ -183,6 +183,7 @@ def test_agent_accepts_the_rendered_config(rendered, tmp_path):
     assert config.health == "10.1.2.3:4381"
     assert config.security.policy_dir == "/etc/otelbpf/policies"
     assert config.store.path == "/var/lib/otelbpf/otelbpf.duckdb"
+    assert config.identity.kubernetes_api is (name != "api-off")  # only with the ServiceAccount's token
     if name == "tls":
         assert config.otlp_endpoint == "https://collector.example:4317"
         assert config.http.open_ports == "80,443,8080" and config.profile.hz == 49

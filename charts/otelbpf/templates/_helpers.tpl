@@ -27,6 +27,7 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{- $cfg := dict "sensors" .Values.sensors "memory_limit_mib" (int .Values.memoryLimitMiB) -}}
 {{- $_ := set $cfg "security" (dict "shipped_policies" .Values.security.shippedPolicies "enforce" .Values.security.enforce "policy_dir" "/etc/otelbpf/policies") -}}
 {{- $_ := set $cfg "store" (dict "path" (printf "%s/otelbpf.duckdb" .Values.stateDir)) -}}
+{{- $_ := set $cfg "identity" (dict "kubernetes_api" .Values.kubernetesApi.enabled) -}}
 {{- if .Values.ui.enabled -}}
 {{- $_ := set $cfg "ui" (printf "127.0.0.1:%d" (int .Values.ui.port)) -}}
 {{- $_ := set $cfg "console" false -}}
