@@ -191,11 +191,15 @@ class IdentityTable:
         environment = environment_attributes(pid, self._proc) if pid and self.rules.otel_environment else {}
         container = self._container(cgroup)
         if container is PENDING:
-            self.unresolved += 1
+            self._count_unresolved()
         unnamed = cgroup.container_id is not None and self.containers is not None and not isinstance(container, Container)
         entry = _Entry(identity, Resource(), read_ns, cgroup, environment, unnamed)
         entry.resource = self._resource(entry, None if isinstance(container, Pending) else container)
         return entry
+
+    def _count_unresolved(self) -> None:
+        with self._lock:  # sensors' drain threads count at once
+            self.unresolved += 1
 
     def _cgroup_of_id(self, cgroup_id: int) -> CgroupIdentity:
         with self._cgroups_lock:  # the resolver is not thread safe; sensors drain on their own threads
@@ -209,7 +213,7 @@ class IdentityTable:
         asks again, at most every retry_after, for a container no runtime knew)."""
         container = self._container(entry.cgroup)
         if isinstance(container, Pending):
-            self.unresolved += 1
+            self._count_unresolved()
         if not isinstance(container, Container):
             return
         resource = self._resource(entry, container)
