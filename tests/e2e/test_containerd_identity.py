@@ -90,6 +90,11 @@ def test_every_container_is_named_by_its_pod(pods):
                                                                    "statefulset.name"))} == owners
         assert directory.counts["found"] == len(PODS)
         assert not [name for name in directory.counts if name.startswith("failed")]
+        client = directory.clients[0]
+        assert isinstance(client, ContainerdClient) and client.requests == 2 * len(PODS)  # each container, its sandbox
+        asked = client.requests
+        client.container(PODS["web"].container_id)  # a pod's sandbox is read once, not once per container
+        assert client.requests == asked + 1
     finally:
         directory.close()
 

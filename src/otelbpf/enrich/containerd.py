@@ -19,8 +19,10 @@ What the CRI plugin writes, and what is read of it:
 
 from __future__ import annotations
 
+import collections
 import json
 import os
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -35,6 +37,8 @@ CRI_NAMESPACE = "k8s.io"  # where the CRI plugin keeps kubelet's containers
 NAMESPACE_HEADER = "containerd-namespace"
 GET_METHOD = "/containerd.services.containers.v1.Containers/Get"
 MAX_RESPONSE_BYTES = 4 << 20  # an OCI spec is a few KiB; a bigger answer is not containerd's
+SANDBOX_TTL = 60.0  # seconds a pod's sandbox (its labels and annotations) is reused
+MAX_SANDBOXES = 1024
 
 KIND_LABEL = "io.cri-containerd.kind"
 SANDBOX_KIND = "sandbox"
@@ -117,6 +121,10 @@ class ContainerdClient:
         self.timeout = timeout
         self._channel: grpc.Channel | None = None
         self._get: Any = None
+        # A pod's containers share its sandbox: read once a minute, not once a container.
+        # Used from the directory's one worker thread only.
+        self._sandboxes: collections.OrderedDict[str, tuple[float, Any]] = collections.OrderedDict()
+        self.requests = 0  # Get calls made, per namespace tried
 
     def container(self, container_id: str) -> Container | None:
         """The container, None when no namespace has it; RuntimeUnavailable when the socket
@@ -135,9 +143,8 @@ class ContainerdClient:
         sandbox_id = annotations.get(SANDBOX_ID_ANNOTATION) or record.sandbox
         pod_name = labels.get(POD_NAME_LABEL) or annotations.get(SANDBOX_NAME_ANNOTATION)
         if pod_name:
-            sandbox = self._get_container(sandbox_id) if sandbox_id and sandbox_id != container_id else None
-            sandbox_record = sandbox[1] if sandbox else None
-            pod = _pod(labels, annotations, sandbox_record)
+            sandbox = self._sandbox(sandbox_id) if sandbox_id and sandbox_id != container_id else None
+            pod = _pod(labels, annotations, sandbox)
         name = labels.get(CONTAINER_NAME_LABEL) or annotations.get(CONTAINER_NAME_ANNOTATION)
         image = annotations.get(IMAGE_NAME_ANNOTATION) or record.image or None
         return Container(container_id, self.name, name=name, image_name=image, labels=labels, pod=pod,
@@ -148,6 +155,18 @@ class ContainerdClient:
             self._channel.close()
             self._channel = None
 
+    def _sandbox(self, sandbox_id: str) -> Any | None:
+        now = time.monotonic()
+        cached = self._sandboxes.get(sandbox_id)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        found = self._get_container(sandbox_id)
+        self._sandboxes[sandbox_id] = (now + SANDBOX_TTL, found[1] if found else None)
+        self._sandboxes.move_to_end(sandbox_id)
+        while len(self._sandboxes) > MAX_SANDBOXES:
+            self._sandboxes.popitem(last=False)
+        return found[1] if found else None
+
     def _get_container(self, container_id: str) -> tuple[str, Any] | None:
         if self._get is None:
             self._channel = grpc.insecure_channel(f"unix://{self.socket}", options=[
@@ -155,6 +174,7 @@ class ContainerdClient:
             self._get = self._channel.unary_unary(GET_METHOD, request_serializer=GetContainerRequest.SerializeToString,
                                                   response_deserializer=GetContainerResponse.FromString)
         for namespace in self.namespaces:
+            self.requests += 1
             try:
                 response = self._get(GetContainerRequest(id=container_id), timeout=self.timeout,
                                      metadata=((NAMESPACE_HEADER, namespace),))
