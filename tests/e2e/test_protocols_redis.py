@@ -143,3 +143,35 @@ def test_big_values_still_pair_when_only_4_kib_of_each_read_and_write_is_capture
     assert [(e.operation, e.attributes["db.query.text"]) for e in cut] == [("SET", "SET ? ?"), ("GET", "GET ?")] * 5
     assert [(e.start_ns, e.end_ns, e.error_type) for e in cut] == [(e.start_ns, e.end_ns, e.error_type) for e in full]
     assert connection.counters["padded_bytes"] > 0 and "malformed" not in connection.counters
+
+
+def command_calls(port: int) -> dict[str, int]:
+    """The server's own count of calls per command (INFO commandstats)."""
+    stats = redis.Redis(port=port, protocol=2, driver_info=None).info("commandstats")
+    calls: dict[str, int] = {}
+    for name, entry in stats.items():  # subcommands (cmdstat_config|get) count for their command
+        command = name.removeprefix("cmdstat_").split("|")[0].upper()
+        calls[command] = calls.get(command, 0) + int(entry["calls"])
+    return calls
+
+
+def test_redis_benchmark_pipelines_pair_one_for_one(redis_port):
+    benchmark = require_tool("redis-benchmark")
+    requests, depth = 2311, 16
+    before = command_calls(redis_port)
+    with Relay(redis_port) as relay:
+        subprocess.run([benchmark, "-h", "127.0.0.1", "-p", str(relay.port), "-n", str(requests), "-c", "3",
+                        "-P", str(depth), "-t", "set,get,incr", "-q"], check=True, capture_output=True, timeout=120)
+        relay.wait_idle()
+    after = command_calls(redis_port)
+    served = {name: after[name] - before.get(name, 0) for name in after if after[name] != before.get(name, 0)}
+    got: dict[str, int] = {}
+    for records in relay.connections:
+        exchanges, connection = replay(records)
+        assert dict(connection.counters) == {}
+        for exchange in exchanges:
+            assert exchange.complete
+            got[exchange.operation] = got.get(exchange.operation, 0) + 1
+    served.pop("INFO", None)  # the test's own question, not through the relay
+    assert got == served
+    assert got["SET"] == got["GET"] == got["INCR"] >= requests  # rounded up to whole pipelines per client
