@@ -34,6 +34,7 @@ BPF_OBJECT = Path(__file__).resolve().parent.parent / "bpf" / "process.bpf.o"
 SCOPE = "otelbpf.sensors.process"
 BACKLOG_BYTES = 64 << 20  # exec bursts decoded behind the kernel: ~300k events at ~200 bytes
 ANCESTRY_DEPTH = 8
+MAX_CHAINS = 4096  # ancestries remembered, by the parent's exec id; forgotten all at once when full
 
 
 class ProcessSensor:
@@ -52,6 +53,7 @@ class ProcessSensor:
         self._ringbuf_bytes = ringbuf_bytes
         self._bpf_object = bpf_object
         self.table = ProcessTable(table_size)
+        self._chains: dict[str, list[str]] = {}  # parent's exec id -> the ancestry of its children
         self._cgroups = CgroupResolver()
         self._clock_offset = monotonic_to_unix_offset()
         self._obj: BpfObject | None = None
@@ -202,10 +204,24 @@ class ProcessSensor:
             attrs["process.executable.name"] = info.exe_name
         if info.container_id:
             attrs["container.id"] = info.container_id
-        ancestors = self.table.ancestry(info.pid, max_depth=ANCESTRY_DEPTH)
+        ancestors = self._ancestors(info)
         if ancestors:
-            attrs["otelbpf.process.ancestors"] = [f"{a.pid}:{a.exe_name or '?'}" for a in ancestors]
+            attrs["otelbpf.process.ancestors"] = ancestors
         return attrs
+
+    def _ancestors(self, info: ProcessInfo) -> list[str]:
+        """"pid:name" of the parent, grandparent, ... nearest first: worked out once per
+        parent exec (an exec storm's children share one parent) and kept, bounded."""
+        parent = self.table.get(info.ppid)
+        if parent is None or parent.pid == info.pid or parent.start_time_ns > info.start_time_ns:
+            return []
+        chain = self._chains.get(parent.exec_id)
+        if chain is None:
+            if len(self._chains) >= MAX_CHAINS:
+                self._chains.clear()
+            chain = self._chains[parent.exec_id] = [f"{parent.pid}:{parent.exe_name or '?'}"] + [
+                f"{a.pid}:{a.exe_name or '?'}" for a in self.table.ancestry(parent.pid, max_depth=ANCESTRY_DEPTH - 1)]
+        return list(chain)
 
 
 def _resolve_exe_path(pid: int, filename: str) -> str:
