@@ -330,7 +330,12 @@ def main() -> str:
     out += (f"\n{ROUNDS} rounds, the {len(MODES)} modes alternating (order rotated each round); nginx 1 worker, 6-byte file, "
             f"wrk -t1 -c{CONNECTIONS} -d{SECONDS}s over 127.0.0.1; the agent exports OTLP/HTTP to a local endpoint "
             "that keeps the bodies while wrk runs and decodes them between runs (a collector would be on "
-            "another machine).\n\n")
+            "another machine).\n")
+    if BASELINE:
+        commit = subprocess.run(["git", "-C", BASELINE, "log", "-1", "--format=%h %s"], capture_output=True,
+                                text=True).stdout.strip()[:100]
+        out += f"Baseline modes: the agent of {BASELINE} at {commit or 'an unknown commit'}.\n"
+    out += "\n"
     rows = []
     for m in MODES:
         agent = m in agent_kreq
