@@ -163,8 +163,7 @@ class MySQLSession(Session):
             if sequence == 1 and not self.pending:
                 self._handshake_response(payload)
             return  # auth switch responses and the like
-        if sequence != 0 or not payload:
-            self.counters["unexpected"] += 1
+        if not payload:  # (a command's sequence number was checked with its header)
             return
         code = payload[0]
         if self.pending:  # a new command while the last answer was not understood to its end
