@@ -77,7 +77,13 @@ image:
 
 BARRIERS := src/otelbpf/kernel/_barriers.so
 
-bpf: $(BPF_OBJS) $(BARRIERS)
+BPF_MANIFEST := $(BPF_DIR)/bpf-objects.sha256
+
+bpf: $(BPF_OBJS) $(BPF_MANIFEST) $(BARRIERS)
+
+# SHA-256 of every shipped object (sha256sum's format): checked before each load (kernel/integrity.py).
+$(BPF_MANIFEST): $(BPF_OBJS)
+	cd $(BPF_DIR) && sha256sum $(notdir $(BPF_OBJS)) > $(@F).tmp && mv $(@F).tmp $(@F)
 
 # Acquire/release barriers for the ring buffer reader (kernel/barriers.c): Python has none.
 $(BARRIERS): src/otelbpf/kernel/barriers.c
@@ -99,4 +105,4 @@ tests/bpf/%.bpf.o: tests/bpf/%.bpf.c $(BUILD)/vmlinux.h
 
 clean:
 	scripts/build-image --clean
-	rm -rf $(BUILD) $(BPF_DIR)/*.bpf.o $(TEST_BPF_OBJS) $(BARRIERS)
+	rm -rf $(BUILD) $(BPF_DIR)/*.bpf.o $(BPF_MANIFEST) $(TEST_BPF_OBJS) $(BARRIERS)

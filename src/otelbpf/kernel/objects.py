@@ -16,7 +16,7 @@ from typing import TypeVar
 import numpy as np
 
 from otelbpf.kernel import btf as btfmod
-from otelbpf.kernel import libbpf
+from otelbpf.kernel import integrity, libbpf
 from otelbpf.kernel.errors import AttachError, BpfError, LoadError
 
 BPF_MAP_TYPE_HASH = 1
@@ -359,7 +359,9 @@ def loading(path: Path, *, layouts: Mapping[str, np.dtype], rodata: Mapping[str,
     mirrors against the object's BTF (layouts: struct name -> dtype), set its read-only
     config and map sizes, then hand it to the block, which loads it, makes its readers and
     attaches. If anything fails on the way, the object is closed (its programs detached,
-    its maps freed) before the error goes on: a sensor never leaves half of itself behind."""
+    its maps freed) before the error goes on: a sensor never leaves half of itself behind.
+    The object's digest is checked against the build's manifest first (kernel.integrity)."""
+    integrity.verify(Path(path))
     obj = BpfObject(path)
     try:
         for struct, dtype in layouts.items():
