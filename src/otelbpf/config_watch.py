@@ -69,8 +69,13 @@ class ConfigWatch:
     """Watches the config file the agent started with (call check() every few seconds)."""
 
     def __init__(self, path: str, env: Mapping[str, str], running: AgentConfig, report: ConfigReport) -> None:
-        self.path, self._env, self._running, self._report = path, env, running, report
+        self.path, self._env, self._report = path, env, report
         self._seen = self._read()
+        # What the file and the environment said at start (flags aside: they stay as they are).
+        try:
+            self._running = load_config(path, env, {})
+        except ConfigError:  # changed since the agent read it: compare with what runs
+            self._running = running
 
     def _read(self) -> bytes | None:
         try:
@@ -85,8 +90,6 @@ class ConfigWatch:
             return
         self._seen = content
         try:
-            # Flags are not re-applied: they are the same for the agent's life, and fields
-            # they set are compared on the file's and the environment's values alone.
             new = load_config(self.path, self._env, {})
         except ConfigError as exc:
             self._report.invalid("config", with_lines(str(exc), self.path, content))

@@ -124,3 +124,39 @@ def test_changed_fields_are_dotted():
     new = {"sensors": ["process"], "process": {"table_size": 128, "max_args_bytes": 4096}}
     assert changed_fields(old, new) == ["process.table_size"]
     assert changed_fields(old, old) == []
+
+
+def test_config_watch_reports_a_change_an_error_and_the_way_back(tmp_path):
+    from otelbpf.config import load_config
+    from otelbpf.config_watch import ConfigReport, ConfigWatch
+    from otelbpf.signals.model import Resource
+    from tests.kubelet import project
+
+    volume = tmp_path / "config"
+    project(volume, {"config.yaml": "metrics_interval: 5\n"})
+    path = str(volume / "config.yaml")
+    running = load_config(path, {}, {"sensors": "process"})  # a flag the file does not set
+    registry, state, events = Registry(), HealthState(clock=Clock()), []
+    state.started()
+    watch = ConfigWatch(path, {}, running, ConfigReport(state, registry, Resource({}), events.append))
+    watch.check()
+    assert state.readiness() == [] and events == []  # nothing changed
+
+    project(volume, {"config.yaml": "metrics_interval: 7\n"})
+    watch.check()
+    (reason,) = state.readiness()
+    assert reason.startswith(f"config: config file {path} changed (metrics_interval): restart the agent")
+    assert [(b.records[0].event_name, b.records[0].severity.name) for b in events] == [
+        ("otelbpf.config.restart_needed", "WARN")]
+
+    project(volume, {"config.yaml": "metrics_interval: 7\nprocess:\n  table_size: 1\n"})
+    watch.check()
+    assert state.readiness() == [f"config: invalid, the running ones stay: config file {path}, line 3: "
+                                 "process.table_size: must be >= 64 (got 1)"]
+    assert registry.counter("otelbpf.config.invalid").value(source="config") == 1
+    assert events[-1].records[0].event_name == "otelbpf.config.invalid"
+
+    project(volume, {"config.yaml": "metrics_interval: 5\n"})  # back to what runs
+    watch.check()
+    assert state.readiness() == []
+    assert len(events) == 2
