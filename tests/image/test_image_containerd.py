@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from otelbpf import __version__
 from otelbpf.receiver.otlp import OtlpReceiver
 from tests.conftest import require, require_tool, wait_for_port
 from tests.e2e.test_cli import OUR_PROGRAMS, log_records, wait_until
@@ -42,8 +43,8 @@ def bounding_set() -> set[str]:
     return {name for name, bit in CAP_NUMBERS.items() if mask >> bit & 1}
 
 
-def image_config(archive: Path) -> tuple[str, list[str]]:
-    """(image name, entry point) from the OCI archive's index, manifest and config."""
+def image_config(archive: Path) -> tuple[str, list[str], str]:
+    """(image name, entry point, user) from the OCI archive's index, manifest and config."""
     with tarfile.open(archive) as tar:
         def blob(digest: str) -> dict:
             algorithm, value = digest.split(":", 1)
@@ -54,7 +55,8 @@ def image_config(archive: Path) -> tuple[str, list[str]]:
         assert index_file is not None
         (manifest_ref,) = json.load(index_file)["manifests"]
         config = blob(blob(manifest_ref["digest"])["config"]["digest"])["config"]
-        return manifest_ref["annotations"]["org.opencontainers.image.ref.name"], config["Entrypoint"]
+        return (manifest_ref["annotations"]["org.opencontainers.image.ref.name"], config["Entrypoint"],
+                config.get("User", ""))
 
 
 def agent_program_ids() -> set[int]:
@@ -184,7 +186,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 def test_image_runs_as_the_daemonset_specifies(containerd, tmp_path, privileged):
     from tests.deploy.test_chart import render
 
-    name, entrypoint = image_config(IMAGE_ARCHIVE)
+    name, entrypoint, _ = image_config(IMAGE_ARCHIVE)
     imported = containerd("images", "import", "--no-unpack=false", str(IMAGE_ARCHIVE))
     images = containerd("images", "ls", "--quiet").stdout.split()
     image = next((i for i in images if i.endswith(name)), None)
@@ -230,3 +232,18 @@ def test_image_runs_as_the_daemonset_specifies(containerd, tmp_path, privileged)
         containerd("containers", "delete", container_id)
     assert deleted.returncode == 0, agent_log.read_text()
     assert "otelbpf: stopping: detaching programs and flushing" in agent_log.read_text()
+
+
+def test_image_is_the_agent_as_root_with_no_compiler(containerd):
+    name, entrypoint, user = image_config(IMAGE_ARCHIVE)
+    assert entrypoint == ["/opt/otelbpf/bin/otelbpf"] and user in ("", "0", "root")
+    containerd("images", "import", str(IMAGE_ARCHIVE))
+    image = next(i for i in containerd("images", "ls", "--quiet").stdout.split() if i.endswith(name))
+    # The entry point is the agent's Python script itself, not a shell script.
+    head = containerd("run", "--rm", image, f"head-{uuid.uuid4().hex[:6]}", "head", "-1", entrypoint[0]).stdout
+    assert head == "#!/opt/otelbpf/bin/python3\n"
+    found = containerd("run", "--rm", image, f"cc-{uuid.uuid4().hex[:6]}", "/bin/sh", "-c",
+                       "ls /usr/bin/clang* /usr/bin/gcc* /usr/bin/cc /usr/bin/llc* 2>/dev/null; true").stdout
+    assert found == ""
+    version = containerd("run", "--rm", image, f"version-{uuid.uuid4().hex[:6]}", *entrypoint, "version").stdout
+    assert version.startswith(f"otelbpf {__version__} (libbpf 1.1")  # Debian 12's libbpf1
