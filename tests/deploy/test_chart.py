@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+import re
 from pathlib import Path
 from typing import Any
 
@@ -294,3 +295,18 @@ def test_ui_mode_runs_the_local_store_on_loopback(tmp_path):
     assert config.otlp_endpoint is None and config.ui == "127.0.0.1:4380"
     with pytest.raises(helm.HelmError, match=r"otlp\.endpoint is required"):
         render({"otlp": {"endpoint": ""}})
+
+
+@pytest.mark.parametrize(("values", "where"), [
+    ({"privilege": False}, "additional properties 'privilege' not allowed"),
+    ({"capabilities": ["BPF", "SYS_MODULE"]}, "/capabilities/1"),
+    ({"otlp": {"endpoint": "collector:4317"}}, "/otlp/endpoint"),
+    ({"health": {"port": 0}}, "/health/port"),
+    ({"policies": {"p.json": "name: x"}}, "invalid propertyName 'p.json'"),  # the agent reads *.yaml only
+])
+def test_values_schema_names_the_wrong_value(values, where):
+    """values.schema.json: a typo or a wrong type is refused at install, naming the value."""
+    with pytest.raises(helm.HelmError, match=re.escape(where)):
+        render(values)
+    report = helm.lint(CHART, values, strict=True)
+    assert any(where in m["error"] for m in report["messages"] if m["severity"] == 3), report
