@@ -37,11 +37,6 @@ class HealthState:
         with self._lock:
             self._beats[loop] = self._clock()
 
-    def forget(self, loop: str) -> None:
-        """A loop ended on purpose (the agent is stopping)."""
-        with self._lock:
-            self._beats.pop(loop, None)
-
     def started(self) -> None:
         """Every sensor is attached."""
         with self._lock:

@@ -39,7 +39,7 @@ def test_a_loop_that_stops_going_round_fails_liveness():
     assert state.liveness() == []
     clock.now += 2
     assert state.liveness() == [f"sensor process: no round for {STALE_AFTER + 1:.0f} s"]
-    state.forget("sensor process")
+    state.beat("sensor process")
     assert state.liveness() == []
 
 
