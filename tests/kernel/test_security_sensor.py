@@ -212,7 +212,7 @@ rules:
     assert {r.attributes["network.peer.port"] for r in records} == {9}
 
 
-@pytest.mark.parametrize("policy_name", ["sensitive-files", "outbound-public", "setuid-root", "bpf-audit",
+@pytest.mark.parametrize("policy_name", ["sensitive-files", "outbound-public", "setuid-root", "bpf-audit", "container-escape",
                                          "container-shell-kill"])
 def test_shipped_policies_load(loaded, policy_name):
     with loaded.policies([load_policy(POLICIES / f"{policy_name}.yaml")]):

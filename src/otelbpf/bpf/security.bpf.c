@@ -36,12 +36,12 @@ char LICENSE[] SEC("license") = "GPL";
 #define MAX_CGROUP_LEVELS 16
 
 enum hook { HOOK_FILE = 1, HOOK_EXEC, HOOK_CONNECT, HOOK_PRIVILEGE, HOOK_MODULE, HOOK_PTRACE, HOOK_MOUNT, HOOK_BPF,
-	    HOOK_MAX };
+	    HOOK_NAMESPACE, HOOK_MAX };
 enum action { ACTION_POST = 1, ACTION_SIGKILL, ACTION_SIGNAL };
 enum syscall {
 	SYS_OPENAT = 1, SYS_OPENAT2, SYS_OPEN, SYS_CREAT, SYS_EXECVE, SYS_EXECVEAT, SYS_CONNECT,
 	SYS_SETUID, SYS_SETGID, SYS_SETREUID, SYS_SETREGID, SYS_SETRESUID, SYS_SETRESGID, SYS_CAPSET,
-	SYS_INIT_MODULE, SYS_FINIT_MODULE, SYS_PTRACE, SYS_MOUNT, SYS_BPF, SYS_IOCTL,
+	SYS_INIT_MODULE, SYS_FINIT_MODULE, SYS_PTRACE, SYS_MOUNT, SYS_BPF, SYS_IOCTL, SYS_SETNS, SYS_UNSHARE,
 };
 
 /* rule flags */
@@ -65,6 +65,7 @@ enum syscall {
 #define ID_DIR 2               /* ... and its directories (Prefix rules on a directory) */
 #define EVERY_PATH 4           /* every path goes to the tries (Postfix rules, "/", a partial first name) */
 #define BLOOM_BITS 4096
+#define NSFS_MAGIC 0x6e736673
 
 /* The host's pid namespace: processes in another one count as "in a container". */
 const volatile __u32 host_pidns = 0;
@@ -627,6 +628,8 @@ static long walk_step(__u32 i, struct walk_ctx *w)
 	if (d == mnt_root || d == parent) {
 		struct mount *up = mnt->mnt_parent;
 
+		if (d != mnt_root && n == 0) /* a pseudo file (nsfs, pipe, socket): pass two names it */
+			return 1;
 		if (up == mnt || d != mnt_root) { /* the namespace's root, or a dentry cut loose */
 			w->complete = true;
 			return 1;
@@ -709,6 +712,21 @@ static __always_inline __u32 path_from_walk(struct walk_ctx *w)
 {
 	struct scratch *s = w->s;
 	__u32 off;
+
+	if (!w->complete && !w->n) { /* a dentry of no tree (nsfs, pipefs, sockfs, anon inodes): as
+				       * d_path names it, "mnt:[4026531841]", else "<fs>:[inode]" */
+		struct dentry *d = KERNEL_CAST(struct dentry, w->dentry);
+		struct super_block *sb = d->d_sb;
+		__u64 data[2] = { (__u64)sb->s_type->name, d->d_inode->i_ino };
+		long n;
+
+		if (sb->s_magic == NSFS_MAGIC)
+			data[0] = (__u64)KERNEL_CAST(struct ns_common, d->d_inode->i_private)->ops->name;
+		n = bpf_snprintf((char *)&s->key.data[1], SEC_PATH_LEN - 1, "%s:[%llu]", data, sizeof(data));
+		off = n > 0 && n < SEC_PATH_LEN - 1 ? n : 1;
+		s->key.data[byte_index(off)] = 0;
+		return off - 1;
+	}
 
 	w->off = 1;
 	bpf_loop(PATH_DEPTH, copy_step, w, 0);
@@ -1085,6 +1103,47 @@ int sec_ioctl(struct trace_event_raw_sys_exit *ctx)
 		}
 	}
 	return match_bpf(SYS_IOCTL, &b, PERF_EVENT_IOC_SET_BPF, config, 0, 0);
+}
+
+/* --- namespaces: setns and unshare (a container process leaving its own) ------------------------ */
+
+/* setns(fd, nstype): the namespace joined is the fd's nsfs file, named as the kernel names it
+ * ("mnt:[4026531841]"); a pidfd's is its pid file. */
+SEC("tracepoint/syscalls/sys_enter_setns")
+int sec_setns(struct trace_event_raw_sys_enter *ctx)
+{
+	struct hook_conf *c = conf_of(HOOK_NAMESPACE);
+	struct match_args m = {};
+	struct walk_ctx w = {};
+	struct scratch *s;
+	struct file *f;
+
+	if (!c || !c->rules)
+		return 0;
+	s = get_scratch();
+	if (!s)
+		return 0;
+	f = file_of_fd(bpf_get_current_task_btf(), ctx->args[0]);
+	s->key.data[1] = 0;
+	if (f) {
+		walk_up(&w, s, f->f_path.dentry, f->f_path.mnt, HOOK_NAMESPACE, 0);
+		m.str_len = path_from_walk(&w);
+	}
+	m.hook = HOOK_NAMESPACE;
+	m.syscall = SYS_SETNS;
+	m.args[0] = ctx->args[1]; /* nstype */
+	m.args[1] = ctx->args[0]; /* fd */
+	m.value2 = ~0ULL;
+	m.value3 = ~0ULL;
+	m.str = (char *)&s->key.data[1];
+	apply(c->rules, &m);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_enter_unshare")
+int sec_unshare(struct trace_event_raw_sys_enter *ctx)
+{
+	return match_values(HOOK_NAMESPACE, SYS_UNSHARE, ctx->args[0], 0, 0, 0);
 }
 
 /* --- connect ----------------------------------------------------------------------------------- */

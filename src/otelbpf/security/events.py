@@ -39,6 +39,9 @@ SEVERITY = {"debug": Severity.DEBUG, "info": Severity.INFO, "warn": Severity.WAR
             "fatal": Severity.FATAL}
 _TICKS = os.sysconf("SC_CLK_TCK")
 _PERF_TARGETS = bpf_audit.PerfTargets()
+# CLONE_NEW* bits of unshare's flags and setns's nstype (0: any)
+_NAMESPACE_FLAGS = {0x20000: "mnt", 0x2000000: "cgroup", 0x4000000: "uts", 0x8000000: "ipc", 0x10000000: "user",
+                    0x20000000: "pid", 0x40000000: "net", 0x80: "time"}
 
 
 def _text(raw: bytes) -> str:
@@ -154,6 +157,12 @@ def _argument_attributes(e: np.void, hook: str, syscall: str, attrs: dict) -> No
     elif hook == "ptrace":
         attrs["otelbpf.security.ptrace.request"] = args[0]
         attrs["otelbpf.security.ptrace.target_pid"] = args[1]
+    elif hook == "namespace":
+        kinds = [name for bit, name in _NAMESPACE_FLAGS.items() if args[0] & bit]
+        attrs["otelbpf.security.namespace.types"] = kinds
+        if syscall == "setns" and text:
+            attrs["otelbpf.security.namespace.target"] = text  # the nsfs file joined, as "mnt:[4026531841]"
+        attrs["otelbpf.security.argument"] = " ".join([",".join(kinds), text if syscall == "setns" else ""]).strip()
     elif hook == "bpf":
         attrs.update(bpf_audit.attributes(e["bpf"], args[0], args[1], text, _PERF_TARGETS))
         attrs["otelbpf.security.argument"] = " ".join(

@@ -28,6 +28,7 @@ HOOKS: dict[str, Hook] = {
     "ptrace": Hook(6, ("sec_ptrace",), ("requests",)),
     "mount": Hook(7, ("sec_mount",), ("paths",)),
     "bpf": Hook(8, ("sec_bpf", "sec_ioctl"), ()),  # bpf() loads and attaches, perf SET_BPF ioctls
+    "namespace": Hook(9, ("sec_setns", "sec_unshare"), ()),
 }
 HOOK_NAMES = {h.id: name for name, h in HOOKS.items()}
 
@@ -46,4 +47,5 @@ def tracepoint_of(program: str) -> str:
 
 SYSCALLS = {1: "openat", 2: "openat2", 3: "open", 4: "creat", 5: "execve", 6: "execveat", 7: "connect",
             8: "setuid", 9: "setgid", 10: "setreuid", 11: "setregid", 12: "setresuid", 13: "setresgid",
-            14: "capset", 15: "init_module", 16: "finit_module", 17: "ptrace", 18: "mount", 19: "bpf", 20: "ioctl"}
+            14: "capset", 15: "init_module", 16: "finit_module", 17: "ptrace", 18: "mount", 19: "bpf", 20: "ioctl",
+            21: "setns", 22: "unshare"}
