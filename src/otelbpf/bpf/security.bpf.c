@@ -42,6 +42,7 @@ enum syscall {
 	SYS_OPENAT = 1, SYS_OPENAT2, SYS_OPEN, SYS_CREAT, SYS_EXECVE, SYS_EXECVEAT, SYS_CONNECT,
 	SYS_SETUID, SYS_SETGID, SYS_SETREUID, SYS_SETREGID, SYS_SETRESUID, SYS_SETRESGID, SYS_CAPSET,
 	SYS_INIT_MODULE, SYS_FINIT_MODULE, SYS_PTRACE, SYS_MOUNT, SYS_BPF, SYS_IOCTL, SYS_SETNS, SYS_UNSHARE,
+	SYS_OPEN_BY_HANDLE_AT,
 };
 
 /* rule flags */
@@ -814,6 +815,9 @@ static __always_inline int match_open(__u32 syscall, long ret)
 		dirfd = PT_REGS_PARM1_CORE_SYSCALL(regs);
 		flags = how.flags;
 		mode = how.mode;
+	} else if (syscall == SYS_OPEN_BY_HANDLE_AT) {
+		dirfd = PT_REGS_PARM1_CORE_SYSCALL(regs); /* the mount's fd */
+		flags = PT_REGS_PARM3_CORE_SYSCALL(regs);
 	} else if (syscall == SYS_OPEN) {
 		flags = PT_REGS_PARM2_CORE_SYSCALL(regs);
 		mode = PT_REGS_PARM3_CORE_SYSCALL(regs);
@@ -855,6 +859,14 @@ SEC("tracepoint/syscalls/sys_exit_open")
 int sec_open(struct trace_event_raw_sys_exit *ctx)
 {
 	return match_open(SYS_OPEN, ctx->ret);
+}
+
+/* A file handle names no path at all (name_to_handle_at + open_by_handle_at, with
+ * CAP_DAC_READ_SEARCH): only the opened file tells what it is. */
+SEC("tracepoint/syscalls/sys_exit_open_by_handle_at")
+int sec_open_by_handle_at(struct trace_event_raw_sys_exit *ctx)
+{
+	return match_open(SYS_OPEN_BY_HANDLE_AT, ctx->ret);
 }
 
 SEC("tracepoint/syscalls/sys_exit_creat")

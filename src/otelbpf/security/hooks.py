@@ -19,7 +19,7 @@ class Hook:
 
 
 HOOKS: dict[str, Hook] = {
-    "file_open": Hook(1, ("sec_openat", "sec_openat2", "sec_open", "sec_creat"), ("paths",)),
+    "file_open": Hook(1, ("sec_openat", "sec_openat2", "sec_open", "sec_creat", "sec_open_by_handle_at"), ("paths",)),
     "exec": Hook(2, (), ("paths",)),  # matched in sec_exec (sched_process_exec), always attached
     "connect": Hook(3, ("sec_connect",), ("addresses", "ports")),
     "privilege": Hook(4, ("sec_setuid", "sec_setgid", "sec_setreuid", "sec_setregid", "sec_setresuid",
@@ -37,7 +37,7 @@ PROCESS_PROGRAMS = ("sec_exec", "sec_fork", "sec_exit")
 
 # File opens are matched at syscall exit, on the file the kernel opened; bpf() and ioctl() at
 # exit too, where the program exists (or the call failed).
-_AT_EXIT = ("sec_openat", "sec_openat2", "sec_open", "sec_creat", "sec_bpf", "sec_ioctl")
+_AT_EXIT = ("sec_openat", "sec_openat2", "sec_open", "sec_creat", "sec_open_by_handle_at", "sec_bpf", "sec_ioctl")
 
 
 def tracepoint_of(program: str) -> str:
@@ -48,4 +48,4 @@ def tracepoint_of(program: str) -> str:
 SYSCALLS = {1: "openat", 2: "openat2", 3: "open", 4: "creat", 5: "execve", 6: "execveat", 7: "connect",
             8: "setuid", 9: "setgid", 10: "setreuid", 11: "setregid", 12: "setresuid", 13: "setresgid",
             14: "capset", 15: "init_module", 16: "finit_module", 17: "ptrace", 18: "mount", 19: "bpf", 20: "ioctl",
-            21: "setns", 22: "unshare"}
+            21: "setns", 22: "unshare", 23: "open_by_handle_at"}
