@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: GPL-2.0
 /* Security policies matched in the kernel: file opens, execs, connects, privilege changes,
- * module loads, ptrace and mount, on syscall-entry tracepoints (kprobes, fentry and LSM do
- * not load on the kernels here).
+ * module loads, ptrace, mount, namespaces and BPF program loads, on syscall tracepoints and
+ * sched_process_exec (kprobes, fentry and LSM do not load on the kernels here).
  *
  * User space compiles policies into map contents: a rule table, per-hook rule masks, LPM
  * tries of path prefixes (exact paths end with their NUL, so they are prefixes too) and of
@@ -16,7 +16,9 @@
  * does, so it is the path the process would see in its own mount namespace). The opened
  * inode, and its directories for Prefix rules, are also looked up by (device, inode), which
  * user space resolves at policy load: hard links and bind mounts match too. Execs match the
- * file the kernel executed (bprm->file) at sched_process_exec.
+ * file the kernel executed (bprm->file) at sched_process_exec. Cheapest first: an inode is
+ * checked against a bloom filter before its hash lookup, and the walked path is copied and
+ * looked up only if its first component is one a rule starts with (or Postfix rules need it).
  *
  * A kill is bpf_send_signal(SIGKILL): the process dies on its way back to user space, before
  * its next instruction. The syscall itself has run: at an open's exit the file is open (and
