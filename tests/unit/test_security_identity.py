@@ -69,3 +69,21 @@ def test_first_names_let_the_kernel_skip_paths_no_rule_can_match():
 def test_rules_without_one_first_name_send_every_path_to_the_tries():
     for paths in ("{op: Postfix, values: [.key]}", "{op: Prefix, values: [/et]}", "{op: Prefix, values: [/]}"):
         assert _compile(paths).hooks[FILE_OPEN]["filters"] & EVERY_PATH, paths
+
+
+def test_binary_selectors_also_name_the_real_file_behind_a_symlink(tmp_path):
+    real = tmp_path / "usr-bin" / "tool"
+    real.parent.mkdir()
+    real.write_text("")
+    (tmp_path / "bin").symlink_to(real.parent)
+    link = tmp_path / "bin" / "tool"
+    compiled = compile_policies([parse_policy(f"""
+name: p
+rules:
+  - hook: file_open
+    binaries: {{op: In, values: ["{link}"]}}
+""", "t")])
+    # the kernel reports the executed file's path: both names select the rule
+    assert compiled.binary_masks(str(link)) == (1, 0)
+    assert compiled.binary_masks(str(real)) == (1, 0)
+    assert compiled.binary_masks(str(tmp_path / "other")) == (0, 0)

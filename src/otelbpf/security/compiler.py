@@ -178,7 +178,7 @@ def _rule_filters(rule: Rule, where: str, bit: int, own: dict[str, dict[TrieKey,
         if match is None:
             continue
         flags |= flag_notin if match.op == "NotIn" else flag_in
-        for value in match.values:
+        for value in _with_real_paths(match.values):
             raw = b"\0" + value.encode() + (b"" if match.op == "Prefix" else b"\0")
             if len(raw) > LPM_DATA:
                 raise PolicyError(f"{where}.{selector}: {value!r} is longer than the kernel matches (254 bytes)")
@@ -193,6 +193,17 @@ def _rule_filters(rule: Rule, where: str, bit: int, own: dict[str, dict[TrieKey,
     if rule.ports or rule.ids or rule.requests:
         flags |= R_VALUES
     return flags, conf
+
+
+def _with_real_paths(values: list[str]) -> list[str]:
+    """Binary paths and, where a symlink is on the way (/bin/cat on a merged-/usr system is
+    /usr/bin/cat), the real one: the kernel names a process's binary by the file it executed."""
+    out = list(values)
+    for value in values:
+        real = os.path.realpath(value) + ("/" if value.endswith("/") else "")
+        if real != value and os.path.exists(real) and real not in out:
+            out.append(real)
+    return out
 
 
 def _first_name(hook_id: int, op: str, value: str) -> bytes | None:
