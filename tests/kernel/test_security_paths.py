@@ -243,3 +243,27 @@ def test_exec_through_a_symlink_or_a_relative_path_is_caught(loaded, tmp_path):
             run = subprocess.run([cmd[0], str(never)], cwd=cwd, timeout=10, check=False)
             assert run.returncode == -9, name
             assert not never.exists(), name  # killed before the program's first instruction
+
+
+CHROOTED = """
+import os, sys
+os.chroot(sys.argv[1])      # as a container's runtime does (pivot_root): the process's root moves
+os.chdir("/")
+os.close(os.open("/etc/shadow", os.O_RDONLY))
+"""
+
+
+def test_paths_are_relative_to_the_processs_root(loaded, tmp_path):
+    """A process whose root is a container's rootfs opening its /etc/shadow is reported with
+    the path it sees, /etc/shadow; the host opening the same file by its host path is not."""
+    rootfs = tmp_path / "rootfs"
+    (rootfs / "etc").mkdir(parents=True)
+    (rootfs / "etc" / "shadow").write_text("root:*:19000:0:99999:7:::\n")
+    with loaded.policies([load_policy(POLICIES / "sensitive-files.yaml")]) as records:
+        inside = subprocess.Popen([sys.executable, "-c", CHROOTED, str(rootfs)])
+        assert inside.wait(10) == 0
+        host = subprocess.Popen(["cat", str(rootfs / "etc" / "shadow")], stdout=subprocess.DEVNULL)
+        assert host.wait(10) == 0
+        _settle(records, 1)
+        got = {pid: [r.attributes["file.path"] for r in _mine(list(records), pid)] for pid in (inside.pid, host.pid)}
+    assert got == {inside.pid: ["/etc/shadow"], host.pid: []}
