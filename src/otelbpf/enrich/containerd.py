@@ -24,13 +24,15 @@ import json
 import os
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import grpc
 from google.protobuf import any_pb2, descriptor_pb2, descriptor_pool, message_factory, timestamp_pb2
 
 from otelbpf.enrich.pods import Pod
 from otelbpf.enrich.runtime import Container, RuntimeUnavailable
+
+if TYPE_CHECKING:
+    import grpc
 
 SOCKET = "/run/containerd/containerd.sock"
 CRI_NAMESPACE = "k8s.io"  # where the CRI plugin keeps kubelet's containers
@@ -168,6 +170,8 @@ class ContainerdClient:
         return found[1] if found else None
 
     def _get_container(self, container_id: str) -> tuple[str, Any] | None:
+        import grpc  # on the first container met: an agent on a host without containers never loads it (about 10 MB)
+
         if self._get is None:
             self._channel = grpc.insecure_channel(f"unix://{self.socket}", options=[
                 ("grpc.max_receive_message_length", MAX_RESPONSE_BYTES)])
