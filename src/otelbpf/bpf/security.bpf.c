@@ -156,10 +156,19 @@ struct rate_state {
 	__u64 count;
 };
 
-/* Pass one of the path walk keeps each component's name; pass two copies them in order. */
+/* Pass one of the path walk keeps each component's name; pass two copies them in order. What
+ * changes from step to step lives here, in a map value, not on the stack: the verifier does
+ * not follow map contents, so it checks each step's callback once rather than per step. */
 struct walk {
 	const unsigned char *names[PATH_DEPTH];
 	__u32 lens[PATH_DEPTH];
+	__u64 dentry;          /* where the walk is (numbers: each step casts them back) */
+	__u64 mnt;             /* struct mount of that dentry */
+	__u64 found;           /* identity matches of the directories on the way */
+	__u32 n;               /* components kept */
+	__u32 off;             /* pass two: bytes of the key written (hook byte included) */
+	__u32 complete;        /* reached the process's root (or its namespace's) */
+	__u32 _pad;
 };
 
 struct scratch {
@@ -600,53 +609,48 @@ static __always_inline __u64 identity_matches(struct inode *inode, __u32 hook, _
 
 struct walk_ctx {
 	struct scratch *s;
-	__u64 dentry;          /* where the walk is (kept as numbers: each step casts them back) */
-	__u64 mnt;             /* struct mount of that dentry */
 	__u64 root_dentry;     /* the process's root */
 	__u64 root_mnt;        /* its struct vfsmount */
-	__u64 found;           /* identity matches of the directories on the way */
-	__u32 n;               /* components kept */
-	__u32 off;             /* pass two: bytes of the key written (hook byte included) */
 	__u32 hook;
 	__u32 filters;
-	bool complete;         /* reached the process's root (or its namespace's) */
 };
 
 /* Pass one, one step up as d_path goes (at a mount's root, to the mountpoint in the parent
  * mount): only loads, the names are copied by pass two if the path is wanted at all. */
 static long walk_step(__u32 i, struct walk_ctx *w)
 {
-	struct dentry *d = KERNEL_CAST(struct dentry, w->dentry);
-	struct mount *mnt = KERNEL_CAST(struct mount, w->mnt);
+	struct walk *v = &w->s->walk;
+	struct dentry *d = KERNEL_CAST(struct dentry, v->dentry);
+	struct mount *mnt = KERNEL_CAST(struct mount, v->mnt);
 	struct dentry *mnt_root = mnt->mnt.mnt_root;
 	struct dentry *parent = d->d_parent;
-	__u32 n = w->n;
+	__u32 n = v->n;
 
-	if (w->dentry == w->root_dentry && w->mnt + bpf_core_field_offset(struct mount, mnt) == w->root_mnt) {
-		w->complete = true;
+	if (v->dentry == w->root_dentry && v->mnt + bpf_core_field_offset(struct mount, mnt) == w->root_mnt) {
+		v->complete = 1;
 		return 1;
 	}
 	if ((w->filters & ID_DIR) && i > 0) /* a directory above the file, mount roots included */
-		w->found |= identity_matches(d->d_inode, w->hook, ID_DIR);
+		v->found |= identity_matches(d->d_inode, w->hook, ID_DIR);
 	if (d == mnt_root || d == parent) {
 		struct mount *up = mnt->mnt_parent;
 
 		if (d != mnt_root && n == 0) /* a pseudo file (nsfs, pipe, socket): pass two names it */
 			return 1;
 		if (up == mnt || d != mnt_root) { /* the namespace's root, or a dentry cut loose */
-			w->complete = true;
+			v->complete = 1;
 			return 1;
 		}
-		w->dentry = (__u64)mnt->mnt_mountpoint;
-		w->mnt = (__u64)up;
+		v->dentry = (__u64)mnt->mnt_mountpoint;
+		v->mnt = (__u64)up;
 		return 0;
 	}
 	if (n >= PATH_DEPTH)
 		return 1; /* deeper than we resolve: the top components are left out */
-	w->s->walk.names[n & (PATH_DEPTH - 1)] = d->d_name.name;
-	w->s->walk.lens[n & (PATH_DEPTH - 1)] = d->d_name.len;
-	w->n = n + 1;
-	w->dentry = (__u64)parent;
+	v->names[n & (PATH_DEPTH - 1)] = d->d_name.name;
+	v->lens[n & (PATH_DEPTH - 1)] = d->d_name.len;
+	v->n = n + 1;
+	v->dentry = (__u64)parent;
 	return 0;
 }
 
@@ -654,19 +658,20 @@ static long walk_step(__u32 i, struct walk_ctx *w)
 static long copy_step(__u32 j, struct walk_ctx *w)
 {
 	struct scratch *s = w->s;
-	__u32 off = w->off, idx, len;
+	struct walk *v = &s->walk;
+	__u32 off = v->off, idx, len;
 
-	if (j >= w->n || off >= SEC_PATH_LEN - 2)
+	if (j >= v->n || off >= SEC_PATH_LEN - 2)
 		return 1;
-	idx = (w->n - 1 - j) & (PATH_DEPTH - 1);
-	if (j > 0 || w->complete)
+	idx = (v->n - 1 - j) & (PATH_DEPTH - 1);
+	if (j > 0 || v->complete)
 		s->key.data[byte_index(off++)] = '/';
-	len = s->walk.lens[idx];
+	len = v->lens[idx];
 	if (len > SEC_PATH_LEN - 2 - off)
 		len = SEC_PATH_LEN - 2 - off;
 	len = byte_index(len);
-	bpf_probe_read_kernel(&s->key.data[byte_index(off)], len, s->walk.names[idx]);
-	w->off = off + len;
+	bpf_probe_read_kernel(&s->key.data[byte_index(off)], len, v->names[idx]);
+	v->off = off + len;
 	return 0;
 }
 
@@ -677,8 +682,11 @@ static __always_inline void walk_up(struct walk_ctx *w, struct scratch *s, struc
 	struct task_struct *task = bpf_get_current_task_btf();
 
 	w->s = s;
-	w->dentry = (__u64)dentry;
-	w->mnt = (__u64)vfsmnt - bpf_core_field_offset(struct mount, mnt);
+	s->walk.dentry = (__u64)dentry;
+	s->walk.mnt = (__u64)vfsmnt - bpf_core_field_offset(struct mount, mnt);
+	s->walk.found = 0;
+	s->walk.n = 0;
+	s->walk.complete = 0;
 	w->root_dentry = (__u64)task->fs->root.dentry;
 	w->root_mnt = (__u64)task->fs->root.mnt;
 	w->hook = hook;
@@ -689,16 +697,17 @@ static __always_inline void walk_up(struct walk_ctx *w, struct scratch *s, struc
 /* Whether the walked path's first component is one some Equal or Prefix rule starts with. */
 static __always_inline bool first_name_listed(struct walk_ctx *w)
 {
+	struct walk *v = &w->s->walk;
 	struct first_name k = {};
 	__u32 top, len;
 
-	if (!w->complete || !w->n)
+	if (!v->complete || !v->n)
 		return false;
-	top = (w->n - 1) & (PATH_DEPTH - 1);
-	len = w->s->walk.lens[top];
+	top = (v->n - 1) & (PATH_DEPTH - 1);
+	len = v->lens[top];
 	k.hook = w->hook;
 	k.len = len;
-	bpf_probe_read_kernel(k.name, sizeof(k.name), w->s->walk.names[top]);
+	bpf_probe_read_kernel(k.name, sizeof(k.name), v->names[top]);
 	if (len < 8) {
 		k.name[0] &= (1ULL << (8 * len)) - 1;
 		k.name[1] = 0;
@@ -716,9 +725,10 @@ static __always_inline __u32 path_from_walk(struct walk_ctx *w)
 	struct scratch *s = w->s;
 	__u32 off;
 
-	if (!w->complete && !w->n) { /* a dentry of no tree (nsfs, pipefs, sockfs, anon inodes): as
-				       * d_path names it, "mnt:[4026531841]", else "<fs>:[inode]" */
-		struct dentry *d = KERNEL_CAST(struct dentry, w->dentry);
+	if (!s->walk.complete && !s->walk.n) { /* a dentry of no tree (nsfs, pipefs, sockfs, anon
+						* inodes): as d_path names it, "mnt:[4026531841]",
+						* else "<fs>:[inode]" */
+		struct dentry *d = KERNEL_CAST(struct dentry, s->walk.dentry);
 		struct super_block *sb = d->d_sb;
 		__u64 data[2] = { (__u64)sb->s_type->name, d->d_inode->i_ino };
 		long n;
@@ -731,9 +741,9 @@ static __always_inline __u32 path_from_walk(struct walk_ctx *w)
 		return off - 1;
 	}
 
-	w->off = 1;
+	s->walk.off = 1;
 	bpf_loop(PATH_DEPTH, copy_step, w, 0);
-	off = w->off;
+	off = s->walk.off;
 	if (off == 1)
 		s->key.data[off++] = '/';
 	if (off > SEC_PATH_LEN - 1)
@@ -753,7 +763,7 @@ static __always_inline __u64 file_matches(struct hook_conf *c, struct scratch *s
 	if (c->filters & ID_FILE)
 		found |= identity_matches(f->f_inode, hook, ID_FILE);
 	walk_up(&w, s, f->f_path.dentry, f->f_path.mnt, hook, c->filters);
-	found |= w.found;
+	found |= s->walk.found;
 	*len = 0;
 	if (!found && !want_path && !(c->filters & EVERY_PATH) && !first_name_listed(&w))
 		return 0;
