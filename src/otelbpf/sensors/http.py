@@ -264,7 +264,7 @@ class HttpSensor:
         one by one in kernel order."""
         assert self._reader is not None  # called while started
         batch = self._reader.read(DRAIN_SLICE)
-        n = len(batch)
+        n = read = len(batch)
         if not n:
             return 0
         self._events.add(n, {"sensor": self.name})
@@ -276,9 +276,25 @@ class HttpSensor:
         endpoint, endpoints = self._endpoints_of(heads)
         names = self._names(heads)
         payload = batch.matrix(he.HTTP_EVENT.itemsize, self._capture_bytes)
+        # The close of a connection the tracker holds nothing of, and gets no single message of
+        # in this batch, ends nothing there (its endpoints are forgotten above): it need not
+        # split the paired rows around it.
+        close = heads["direction"] == he.HTTP_CLOSE
+        closes = np.flatnonzero(close)
+        if len(closes):
+            single = ~paired & ~close
+            fed = set(zip(heads["pid"][single].tolist(), heads["sock"][single].tolist())) if single.any() else set()
+            idle = [i for i, pid, sock in zip(closes.tolist(), heads["pid"][closes].tolist(),
+                                              heads["sock"][closes].tolist())
+                    if (pid, sock) not in fed and self._tracker.paired_only(pid, sock)]
+            if idle:
+                keep = np.ones(n, bool)
+                keep[idle] = False
+                heads, endpoint, payload, paired = heads[keep], endpoint[keep], payload[keep], paired[keep]
+                n = len(heads)
         # Runs of paired rows between single messages: [start, stop) each, in kernel order.
         cuts = np.flatnonzero(np.diff(paired.view(np.int8))) + 1
-        bounds = [0, *cuts.tolist(), n]
+        bounds = [0, *cuts.tolist(), n] if n else []
         for start, stop in itertools.pairwise(bounds):
             if paired[start]:
                 self._paired(heads[start:stop], payload[start:stop], endpoint[start:stop], endpoints, names)
@@ -288,7 +304,7 @@ class HttpSensor:
             done, self._pending[:] = list(self._pending), []
             pids = np.fromiter((c.pid for c in done), np.uint32, len(done))
             self._emit_spans(SpanColumns.of_spans(SCOPE, [c.span for c in done], pids, names))
-        return n
+        return read
 
     def _emit_spans(self, columns: SpanColumns) -> None:
         self._spans.add(len(columns), {"sensor": self.name})

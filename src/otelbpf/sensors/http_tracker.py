@@ -186,6 +186,11 @@ class HttpTracker:
         self.evicted = 0       # open exchanges lost to the bounds
         self.open = 0          # exchanges waiting for their response, all connections
 
+    def paired_only(self, pid: int, sock: int) -> bool:
+        """True when the tracker holds nothing of the connection (all its requests were paired
+        in the kernel): its close changes nothing here."""
+        return (pid, sock) not in self._connections
+
     def feed(self, m: Message) -> None:
         key = (m.pid, m.sock)
         if m.direction == 2:
