@@ -8,23 +8,12 @@ import os
 import subprocess
 from pathlib import Path
 
-import pytest
-
 from otelbpf.kernel import BpfObject
 from otelbpf.security.policy import parse_policy
-from otelbpf.sensors.base import running
 from tests.conftest import require, require_tool
-from tests.kernel.test_security_sensor import POLICIES, Loaded, _settle
+from tests.kernel.security_sensor import POLICIES, settle
 
 AUDIT_OBJECT = Path(__file__).resolve().parents[1] / "bpf" / "audit_probe.bpf.o"
-
-
-@pytest.fixture(scope="module")
-def loaded():
-    require(os.geteuid() == 0, "needs root to load BPF programs")
-    state = Loaded()
-    with running(state.sensor):
-        yield state
 
 
 def _audit_policy():
@@ -53,7 +42,7 @@ def test_bpftool_prog_load_is_reported_with_the_programs_id_and_tag(loaded, tmp_
         proc = subprocess.Popen(["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         out, err = proc.communicate(timeout=30)
-        _settle(records, 1)
+        settle(records, 1)
         mine = _from(list(records), proc.pid)
     assert proc.returncode == 0, err
     shown = json.loads(out)
@@ -76,7 +65,7 @@ def test_bpftrace_attaching_a_tracepoint_is_reported(loaded):
     with loaded.policies([_audit_policy()]) as records:
         proc = subprocess.Popen([bpftrace, "-e", program], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         _, err = proc.communicate(timeout=60)
-        _settle(records, 1)
+        settle(records, 1)
         mine = _from(list(records), proc.pid)
     assert proc.returncode == 0, err
     attaches = [a for a in mine if a["otelbpf.security.bpf.command"] == "perf_event_set_bpf"]
@@ -94,6 +83,6 @@ def test_the_agents_own_loads_are_left_out(loaded):
     with loaded.policies([_audit_policy()]) as records:
         with BpfObject(AUDIT_OBJECT) as obj:
             obj.load()
-        _settle(records, 1)
+        settle(records, 1)
         mine = [r.attributes for r in records if r.attributes["process.pid"] == os.getpid()]
     assert mine == []

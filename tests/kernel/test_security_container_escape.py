@@ -8,12 +8,9 @@ import os
 import subprocess
 import sys
 
-import pytest
-
 from otelbpf.security.policy import parse_policy
-from otelbpf.sensors.base import running
-from tests.conftest import require, require_tool
-from tests.kernel.test_security_sensor import POLICIES, Loaded, _settle
+from tests.conftest import require_tool
+from tests.kernel.security_sensor import POLICIES, settle
 
 # Run as the "container" (pid 1 of a new pid namespace, /proc still the host's) and on the host.
 ESCAPE = """
@@ -30,14 +27,6 @@ if sys.argv[2] == "mount":
     assert libc.mount(b"none", sys.argv[1].encode(), b"tmpfs", 0, None) == 0, ctypes.get_errno()
 print("done", flush=True)
 """
-
-
-@pytest.fixture(scope="module")
-def loaded():
-    require(os.geteuid() == 0, "needs root to load BPF programs")
-    state = Loaded()
-    with running(state.sensor):
-        yield state
 
 
 def _escape_policy():
@@ -64,7 +53,7 @@ def test_container_process_reaching_for_the_host_is_reported_host_process_is_not
         host = subprocess.Popen([sys.executable, "-c", ESCAPE, str(tmp_path / "host"), "no-mount", me],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         host_out, host_err = host.communicate(timeout=20)
-        _settle(records, 4)
+        settle(records, 4)
         everything = list(records)
     assert inside.returncode == 0 and inside.stdout == b"done\n", inside.stderr
     assert host.returncode == 0 and host_out == b"done\n", host_err

@@ -18,9 +18,8 @@ from pathlib import Path
 import pytest
 
 from otelbpf.security.policy import load_policy, parse_policy
-from otelbpf.sensors.base import running
-from tests.conftest import require, require_tool
-from tests.kernel.test_security_sensor import POLICIES, Loaded, _settle
+from tests.conftest import require_tool
+from tests.kernel.security_sensor import POLICIES, settle
 
 SECRET = b"SECRET-LINE-23\n" * 23
 OPENAT_DIRFD = """
@@ -42,14 +41,6 @@ fd = libc.open_by_handle_at(mount_fd, handle, os.O_RDONLY)  # no path at all
 assert fd >= 0, ctypes.get_errno()
 sys.stdout.buffer.write(os.read(fd, 1 << 16))
 """
-
-
-@pytest.fixture(scope="module")
-def loaded():
-    require(os.geteuid() == 0, "needs root to load BPF programs")
-    state = Loaded()
-    with running(state.sensor):
-        yield state
 
 
 @dataclass
@@ -126,7 +117,7 @@ def _run_forms(loaded, p: Protected, policy, enforce: bool) -> dict[str, tuple[s
             records.clear()
             proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw)
             stdout, stderr = proc.communicate(timeout=20)
-            _settle(records, 1)
+            settle(records, 1)
             out[name] = (subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr),
                          _mine(list(records), proc.pid))
     return out
@@ -175,7 +166,7 @@ def test_etc_shadow_relative_and_through_a_bind_mount_of_etc(loaded, tmp_path):
         bound = subprocess.Popen(["unshare", "--mount", "--propagation", "private", "sh", "-c",
                                   f'mount --bind /etc "{mnt}" && exec cat "{mnt}/shadow"'], stdout=subprocess.DEVNULL)
         bound.wait(10)
-        _settle(records, 2)
+        settle(records, 2)
         got = {pid: [r.attributes["file.path"] for r in _mine(list(records), pid)]
                for pid in (relative.pid, bound.pid)}
     assert relative.returncode == 0 and bound.returncode == 0
@@ -212,7 +203,7 @@ def test_a_file_replaced_by_rename_is_protected_again(loaded, protected):
         os.link(protected.file, link)
         by_link = subprocess.Popen(["cat", str(link)], stdout=subprocess.DEVNULL)
         by_link.wait(10)
-        _settle(records, 2)
+        settle(records, 2)
         got = [r.attributes["file.path"] for pid in (by_path.pid, by_link.pid) for r in _mine(list(records), pid)]
     assert got == [str(protected.file), str(link)]
 
@@ -233,7 +224,7 @@ def test_exec_through_a_symlink_or_a_relative_path_is_caught(loaded, tmp_path):
             proc = subprocess.Popen(cmd, cwd=cwd)
             assert proc.wait(10) == 0
             pids[name] = proc.pid
-        _settle(records, 2)
+        settle(records, 2)
         got = {name: [(r.attributes["file.path"], r.attributes["otelbpf.security.syscall"])
                       for r in _mine(list(records), pid)] for name, pid in pids.items()}
     assert got == {"symlink": [(str(tool), "execve")], "relative": [(str(tool), "execve")]}
@@ -264,6 +255,6 @@ def test_paths_are_relative_to_the_processs_root(loaded, tmp_path):
         assert inside.wait(10) == 0
         host = subprocess.Popen(["cat", str(rootfs / "etc" / "shadow")], stdout=subprocess.DEVNULL)
         assert host.wait(10) == 0
-        _settle(records, 1)
+        settle(records, 1)
         got = {pid: [r.attributes["file.path"] for r in _mine(list(records), pid)] for pid in (inside.pid, host.pid)}
     assert got == {inside.pid: ["/etc/shadow"], host.pid: []}

@@ -4,68 +4,21 @@ from __future__ import annotations
 
 import os
 import subprocess
-import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
 from otelbpf.enrich.containers import find_cgroup2_root
 from otelbpf.security.policy import load_policy, parse_policy
-from otelbpf.sensors.base import running
-from otelbpf.sensors.security import SecuritySensor
-from otelbpf.signals.model import Resource
-from otelbpf.signals.registry import Registry
 from tests.conftest import require, require_tool
-
-POLICIES = Path(__file__).resolve().parents[2] / "src" / "otelbpf" / "policies"
-
-
-class Loaded:
-    """One sensor for the whole module (loading and verifying its programs takes seconds):
-    each test swaps the policies in with reload(), which is itself under test here."""
-
-    def __init__(self) -> None:
-        self.records: list = []
-        self.registry = Registry()
-        self.sensor = SecuritySensor(lambda batch: self.records.extend(batch.records), self.registry, Resource(),
-                                     [parse_policy(_IDLE, "idle")])
-
-    @contextmanager
-    def policies(self, policies, enforce=False):
-        self.sensor.reload(policies, enforce=enforce)
-        time.sleep(0.05)
-        self.sensor.poll(0)
-        self.records.clear()
-        try:
-            yield self.records
-        finally:
-            self.sensor.reload([parse_policy(_IDLE, "idle")], enforce=False)
-
-
-_IDLE = "name: idle\nrules:\n  - hook: ptrace\n    requests: [999999]\n"
-
-
-@pytest.fixture(scope="module")
-def loaded():
-    require(os.geteuid() == 0, "needs root to load BPF programs")
-    state = Loaded()
-    with running(state.sensor):
-        yield state
-
-
-def _settle(records, want: int, timeout: float = 3.0) -> None:
-    deadline = time.monotonic() + timeout
-    while len(records) < want and time.monotonic() < deadline:
-        time.sleep(0.05)
-    time.sleep(0.2)  # and nothing more than expected arrives
+from tests.kernel.security_sensor import POLICIES, settle
 
 
 def test_cat_shadow_is_reported_with_its_shell(loaded):
     with loaded.policies([load_policy(POLICIES / "sensitive-files.yaml")]) as records:
         subprocess.run(["/bin/sh", "-c", "cat /etc/shadow > /dev/null; cat /etc/hostname > /dev/null; true"],
                        check=True)
-        _settle(records, 1)
+        settle(records, 1)
     mine = [r for r in records if r.attributes.get("file.path") in ("/etc/shadow", "/etc/hostname")]
     assert len(mine) == 1, [r.attributes for r in records]
     a = mine[0].attributes
@@ -103,7 +56,7 @@ def test_sigkill_stops_the_reader_before_any_byte(loaded, tmp_path):
         make = subprocess.run([str(reader), "/dev/null"], timeout=10)
         touched = tmp_path / "protected" / "made"
         subprocess.run(["/bin/sh", "-c", f"exec {reader} /dev/null > {touched}"], timeout=10)
-        _settle(records, 1)
+        settle(records, 1)
     assert killed.returncode == -9
     assert b"TOP-SECRET" not in killed.stdout and killed.stdout == b""
     assert other.returncode == 0 and other.stdout.count(b"TOP-SECRET-23") == 23  # not the policy's binary
@@ -123,7 +76,7 @@ def test_enforce_off_only_reports(loaded, tmp_path):
     reader.chmod(0o755)
     with loaded.policies([parse_policy(_kill_policy(str(secret.parent), str(reader)), "t")]) as records:
         out = subprocess.run([str(reader), str(secret)], capture_output=True, timeout=10)
-        _settle(records, 1)
+        settle(records, 1)
     assert out.returncode == 0 and out.stdout == b"x" * 23
     (r,) = [r for r in records if r.attributes.get("file.path") == str(secret)]
     assert r.attributes["otelbpf.security.action"] == "post"
@@ -136,7 +89,7 @@ def test_postfix_matches_relative_paths(loaded, tmp_path):
     with loaded.policies([policy]) as records:
         subprocess.run(["sh", "-c", "cat notes.key > /dev/null; cat /etc/hostname >/dev/null"], cwd=tmp_path,
                        check=True)
-        _settle(records, 1)
+        settle(records, 1)
     (r,) = [r for r in records if r.attributes.get("file.path") == str(tmp_path / "notes.key")]  # the kernel's path
     assert r.attributes["process.executable.name"] == "cat"
 
@@ -160,7 +113,7 @@ rules:
             subprocess.run(["cat", "/etc/hostname"], capture_output=True, check=True)  # host: no match
             script = f"echo $$ > {cgroup}/cgroup.procs; exec unshare --pid --mount --fork cat /etc/hostname"
             subprocess.run(["sh", "-c", script], capture_output=True, check=True, timeout=10)
-            _settle(records, 1)
+            settle(records, 1)
         assert len(records) == 1, [r.attributes for r in records]
         assert records[0].attributes["otelbpf.security.in_container"] is True
         assert records[0].attributes["process.executable.name"] == "cat"
@@ -181,7 +134,7 @@ def test_reload_keeps_every_event(loaded, tmp_path):
                 loaded.sensor.reload([policy(second)])
             with open(first), open(second):
                 pass
-        _settle(records, 23)
+        settle(records, 23)
     paths = [r.attributes["file.path"] for r in records]
     assert paths == [str(first)] * 11 + [str(second)] * 12
 
@@ -207,7 +160,7 @@ rules:
                 s.connect(("127.0.0.1", 10))
             except OSError:
                 pass
-        _settle(records, 2)
+        settle(records, 2)
     assert sorted(r.attributes["network.peer.address"] for r in records) == ["127.0.0.1", "127.0.0.2"]
     assert {r.attributes["network.peer.port"] for r in records} == {9}
 
@@ -224,7 +177,7 @@ def test_per_policy_counters(loaded):
         for _ in range(23):
             with open("/etc/shadow"):
                 pass
-        _settle(records, 23)
+        settle(records, 23)
         loaded.sensor.poll(0)
     matches = loaded.registry.counter("otelbpf.security.matches")
     assert matches.value({"otelbpf.security.policy": "sensitive-files", "otelbpf.security.action": "post"}) >= 23
@@ -277,7 +230,7 @@ rules:
 """, "t")
     with loaded.policies([policy]) as records:
         out = _connects("10.217.7.2", "10.217.7.3", "10.217.8.5", "127.0.0.1")
-        _settle(records, 3)
+        settle(records, 3)
     assert out.returncode == 0, out.stderr
     mine = [r.attributes for r in records if r.attributes["network.peer.address"].startswith("10.217.")]
     assert sorted((a["network.peer.address"], a["otelbpf.security.rule"]) for a in mine) == [
@@ -300,7 +253,7 @@ rules:
         segments = _peer_tcp_in_segs(test_net)
         alone = _connects("10.217.8.5")
         segments = _peer_tcp_in_segs(test_net) - segments
-        _settle(records, 2)
+        settle(records, 2)
     assert outside.returncode == 0 and outside.stdout == b"survived\n"
     assert inside.returncode == -9 and b"survived" not in inside.stdout
     assert alone.returncode == -9
@@ -328,13 +281,13 @@ def test_exec_policy_reports_and_kills_before_the_program_runs(loaded, tmp_path)
     with loaded.policies([parse_policy(policy, "t")]) as records:
         subprocess.run([str(tool), str(tmp_path / "reported")], check=True, timeout=10)
         subprocess.run(["/usr/bin/touch", str(tmp_path / "other")], check=True, timeout=10)
-        _settle(records, 1)
+        settle(records, 1)
     (r,) = records
     assert r.attributes["file.path"] == str(tool) and r.attributes["otelbpf.security.syscall"] == "execve"
     kill = policy + "    action: sigkill\n"
     with loaded.policies([parse_policy(kill, "t")], enforce=True) as records:
         run = subprocess.run([str(tool), str(tmp_path / "never")], timeout=10, check=False)
-        _settle(records, 1)
+        settle(records, 1)
     assert run.returncode == -9
     assert not (tmp_path / "never").exists()  # killed before the new program's first instruction
     assert (tmp_path / "reported").exists() and records[0].attributes["otelbpf.security.signal"] == "SIGKILL"
@@ -360,7 +313,7 @@ rules:
 """, "t")
     with loaded.policies([policy]) as records:
         subprocess.run([sys.executable, "-c", PRIVILEGE_SCRIPT], check=True, timeout=10)
-        _settle(records, 1)
+        settle(records, 1)
     got = sorted((r.attributes["otelbpf.security.syscall"], r.attributes["otelbpf.security.argument"])
                  for r in records)
     # setresgid(65533...) does not name 65534; setreuid(-1, 65534) runs as uid 65534, not 0.
@@ -390,7 +343,7 @@ def test_ptrace_attach_is_reported_with_its_target(loaded):
     policy = parse_policy("name: attach\nrules:\n  - hook: ptrace\n    requests: [16]\n", "t")
     with loaded.policies([policy]) as records:
         out = subprocess.run([sys.executable, "-c", PTRACE_SCRIPT], check=True, capture_output=True, timeout=20)
-        _settle(records, 1)
+        settle(records, 1)
     target = int(out.stdout)
     (r,) = records  # the detach (17) is not in the rule
     assert r.attributes["otelbpf.security.ptrace.request"] == 16
@@ -407,7 +360,7 @@ def test_mount_in_a_private_mount_namespace(loaded, tmp_path):
         for target in (watched, other):
             subprocess.run(["unshare", "--mount", "--propagation", "private", "mount", "-t", "tmpfs", "none",
                             str(target)], check=True, timeout=10)
-        _settle(records, 1)
+        settle(records, 1)
     (r,) = records
     assert r.attributes["file.path"] == str(watched)
     assert r.attributes["process.executable.name"] == "mount"
@@ -441,7 +394,7 @@ rules:
         truncated = subprocess.run([str(shell), "-c", f"echo NEW > {existing}"], capture_output=True, timeout=10, check=False)
         reads = subprocess.run([str(shell), "-c", f"read line < {protected}/new; echo read-ok"],
                                capture_output=True, timeout=10, check=False)
-        _settle(records, 2)
+        settle(records, 2)
     assert created.returncode == -9 and created.stdout == b""
     assert truncated.returncode == -9
     assert (protected / "new").exists() and (protected / "new").read_bytes() == b""  # created, never written

@@ -2,6 +2,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from otelbpf.enrich.identity import IdentityTable
 from otelbpf.enrich.service import ServiceRules
@@ -65,7 +66,13 @@ def test_an_exec_older_than_the_entry_keeps_it():
 
 
 def _sleeper(**env: str) -> subprocess.Popen:
-    return subprocess.Popen(["sleep", "30"], env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **env})
+    proc = subprocess.Popen(["sleep", "30"], env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **env})
+    # Popen returns once exec has closed the error pipe, which the kernel does before it lays out
+    # the new program's arguments and environment: wait until /proc shows them.
+    deadline = time.monotonic() + 5
+    while not Path(f"/proc/{proc.pid}/environ").read_bytes() and time.monotonic() < deadline:
+        time.sleep(0.001)
+    return proc
 
 
 def test_a_process_that_names_itself_in_its_environment_is_that_service():

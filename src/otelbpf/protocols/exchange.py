@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from enum import IntEnum
+from typing import Any
 
 # A message still incomplete after this many buffered bytes is given up (counted "oversize"):
 # per-connection state stays bounded whatever a peer sends.
@@ -164,3 +165,18 @@ class Session:
 
     def _parse(self, direction: Direction, ts_ns: int) -> list[Exchange]:
         raise NotImplementedError
+
+
+class QueuedSession(Session):
+    """A session whose requests wait in order for their responses in `pending` (a list or a
+    deque the subclass fills): when a direction loses its framing, the requests waiting can no
+    longer pair with what the other side sends, so they are counted and dropped, and the other
+    side's buffered bytes with them."""
+
+    pending: Any
+
+    def resync(self, direction: Direction) -> None:
+        if self.pending:
+            self.counters["unpaired"] += len(self.pending)
+            self.pending.clear()
+        self.buffers[1 - direction].clear()  # the other side's replies would pair wrongly now

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 
-from .exchange import MAX_PENDING, Direction, Exchange, Malformed, Session
+from .exchange import MAX_PENDING, Direction, Exchange, Malformed, QueuedSession
 
 MAX_LINE = 8192
 STORAGE = frozenset({"set", "add", "replace", "append", "prepend", "cas"})
@@ -32,7 +32,7 @@ class _Command:
     hits: int = 0
 
 
-class MemcachedSession(Session):
+class MemcachedSession(QueuedSession):
     protocol = "memcached"
 
     def __init__(self, *, keep_literals: bool = False) -> None:
@@ -144,11 +144,6 @@ class MemcachedSession(Session):
             attributes["db.response.status_code"] = error
         return Exchange("memcached", command.name, command.start_ns, end_ns, attributes, error, complete)
 
-    def resync(self, direction: Direction) -> None:
-        if self.pending:
-            self.counters["unpaired"] += len(self.pending)
-            self.pending.clear()
-        self.buffers[1 - direction].clear()
 
     def close(self, ts_ns: int) -> list[Exchange]:
         out = [self._exchange(command, ts_ns, None, complete=False) for command in self.pending]

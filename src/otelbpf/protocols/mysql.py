@@ -17,7 +17,7 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass
 
 from . import sql
-from .exchange import MAX_PENDING, Direction, Exchange, Malformed, Session
+from .exchange import MAX_PENDING, Direction, Exchange, Malformed, QueuedSession
 
 CLIENT_CONNECT_WITH_DB = 0x8
 CLIENT_COMPRESS = 0x20
@@ -63,7 +63,7 @@ def lenenc(payload: bytes, pos: int) -> tuple[int, int]:
     return int.from_bytes(payload[pos + 1:pos + 1 + size], "little"), pos + 1 + size
 
 
-class MySQLSession(Session):
+class MySQLSession(QueuedSession):
     protocol = "mysql"
 
     def __init__(self, *, keep_literals: bool = False) -> None:
@@ -347,11 +347,6 @@ class MySQLSession(Session):
             attributes["db.response.status_code"] = error_type = command.error[0]
         return Exchange("mysql", operation, command.start_ns, end_ns, attributes, error_type, complete)
 
-    def resync(self, direction: Direction) -> None:
-        if self.pending:
-            self.counters["unpaired"] += len(self.pending)
-            self.pending.clear()
-        self.buffers[1 - direction].clear()
 
     def close(self, ts_ns: int) -> list[Exchange]:
         out = [e for command in self.pending if (e := self._exchange(command, ts_ns, complete=False)) is not None]

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from . import sql
 from .detect import PG_CANCEL_REQUEST, PG_GSSENC_REQUEST, PG_PROTOCOL_3, PG_SSL_REQUEST
-from .exchange import MAX_PENDING, Direction, Exchange, Malformed, Session
+from .exchange import MAX_PENDING, Direction, Exchange, Malformed, QueuedSession
 
 MAX_STATEMENTS = 1024        # named statements and portals remembered per connection
 MAX_MESSAGE = 1 << 30        # the protocol's own limit
@@ -54,7 +54,7 @@ def error_fields(body: bytes) -> dict[str, str]:
     return fields
 
 
-class PostgresSession(Session):
+class PostgresSession(QueuedSession):
     protocol = "postgresql"
 
     def __init__(self, *, keep_literals: bool = False) -> None:
@@ -262,11 +262,6 @@ class PostgresSession(Session):
             attributes["db.response.status_code"] = error_type = op.error[0]
         return Exchange("postgresql", operation, op.start_ns, end_ns, attributes, error_type, complete)
 
-    def resync(self, direction: Direction) -> None:
-        if self.pending:
-            self.counters["unpaired"] += len(self.pending)
-            self.pending.clear()
-        self.buffers[1 - direction].clear()
 
     def close(self, ts_ns: int) -> list[Exchange]:
         out = [self._exchange(op, ts_ns, complete=False) for op in self.pending if op.kind in "QE"]

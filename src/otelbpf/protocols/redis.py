@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 
-from .exchange import MAX_PENDING, Direction, Exchange, Malformed, Session
+from .exchange import MAX_PENDING, Direction, Exchange, Malformed, QueuedSession
 
 MAX_DEPTH = 8            # nesting of aggregate replies
 MAX_ELEMENTS = 1 << 20   # elements of one aggregate
@@ -141,7 +141,7 @@ class _Pending:
     start_ns: int
 
 
-class RedisSession(Session):
+class RedisSession(QueuedSession):
     protocol = "redis"
 
     def __init__(self, *, keep_literals: bool = False) -> None:
@@ -205,11 +205,6 @@ class RedisSession(Session):
             attributes["db.response.status_code"] = error
         return Exchange("redis", request.name, request.start_ns, end_ns, attributes, error, complete)
 
-    def resync(self, direction: Direction) -> None:
-        if self.pending:
-            self.counters["unpaired"] += len(self.pending)
-            self.pending.clear()
-        self.buffers[1 - direction].clear()  # the other side's replies would pair wrongly now
 
     def close(self, ts_ns: int) -> list[Exchange]:
         out = [self._exchange(request, ts_ns, None, complete=False) for request in self.pending]
