@@ -2,7 +2,9 @@
 
 Each client sends an 8-byte big-endian reply size, then its payload, then shuts down its
 sending side; the server reads everything, answers with exactly reply-size bytes, closes.
-Usage: python byte_server.py HOST CONNECTIONS   (prints its port on stdout)
+Usage: python byte_server.py HOST CONNECTIONS [--linger]   (prints its port on stdout)
+--linger: after the last connection, stay until stdin closes (a test that needs the server's
+process still there to be named from /proc).
 """
 
 import socket
@@ -27,3 +29,5 @@ with socket.socket(family, socket.SOCK_STREAM) as srv:
             while reply:
                 n = conn.send(chunk[:reply])
                 reply -= n
+if sys.argv[3:] == ["--linger"]:
+    sys.stdin.read()

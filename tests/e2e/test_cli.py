@@ -130,20 +130,27 @@ def test_doctor_reports_this_host():
 def test_flows_shows_talkers_with_their_bytes_and_a_failed_connection():
     agent = subprocess.Popen(OTELBPF + ["flows", "--once", "--duration", "4"], stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True, env=dict(os.environ, COLUMNS="220"))
-    time.sleep(2)  # loaded by now (the view prints after --duration)
+    line = agent.stderr.readline()  # the view says so once its sensor is attached
+    assert "watching" in line, line + agent.stderr.read()
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.1", 1), timeout=5)
-    # Three connections to a known server: 8 + 7,000 bytes up and 11,000 down each.
-    server = subprocess.Popen([sys.executable, str(BYTE_SERVER), "127.0.0.1", "3"], stdout=subprocess.PIPE, text=True)
-    port = int(server.stdout.readline())
-    for _ in range(3):
-        with socket.create_connection(("127.0.0.1", port), timeout=5) as c:
-            c.sendall((11_000).to_bytes(8, "big") + b"q" * 7_000)
-            c.shutdown(socket.SHUT_WR)
-            while c.recv(1 << 16):
-                pass
-    server.wait(timeout=10)
-    out, err = agent.communicate(timeout=60)
+    # Three connections to a known server: 8 + 7,000 bytes up and 11,000 down each. The server
+    # stays until the view is done: a process gone before the agent reads /proc is named by its
+    # command name ("python", the venv's symlink), not its executable (python3.11).
+    server = subprocess.Popen([sys.executable, str(BYTE_SERVER), "127.0.0.1", "3", "--linger"],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        port = int(server.stdout.readline())
+        for _ in range(3):
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as c:
+                c.sendall((11_000).to_bytes(8, "big") + b"q" * 7_000)
+                c.shutdown(socket.SHUT_WR)
+                while c.recv(1 << 16):
+                    pass
+        out, err = agent.communicate(timeout=60)
+    finally:
+        server.stdin.close()
+        server.wait(timeout=10)
     assert agent.returncode == 0, err
     assert "Top talkers" in out and "Recent failed connections" in out
     assert "127.0.0.1:1" in out and "connection_refused" in out, out

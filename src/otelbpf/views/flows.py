@@ -5,6 +5,7 @@ derives them: the view and the UI name clients and servers alike."""
 from __future__ import annotations
 
 import json
+import sys
 import time
 from dataclasses import dataclass
 
@@ -93,6 +94,8 @@ def run(duration: float | None, interval: float, top: int, once: bool) -> None:
     console = Console()
     with running(sensor):
         if once:
+            # On stderr, so that a script (or a test) knows when connections start being seen.
+            print(f"otelbpf flows: watching for {duration or interval:g} s", file=sys.stderr, flush=True)
             time.sleep(duration or interval)
             sensor.sample()
             talkers.update()
