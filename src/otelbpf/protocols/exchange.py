@@ -8,6 +8,7 @@ in the session's counters and never raises.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from enum import IntEnum
@@ -82,6 +83,17 @@ class StreamBuffer:
             return False
         return True
 
+    def line_end(self, max_line: int) -> int:
+        """Where the first CRLF-ended line of a text protocol ends (-1: not all here yet).
+        Raises Malformed for a zero byte in it (bytes the capture did not copy) or a line
+        longer than max_line."""
+        end = self.data.find(b"\r\n")
+        if self.data.find(b"\0", 0, end if end >= 0 else len(self.data)) >= 0:
+            raise Malformed("a zero byte in a line (bytes the capture did not copy)")
+        if end < 0 and len(self.data) > max_line:
+            raise Malformed("line too long")
+        return end
+
     def ts_at(self, pos: int) -> int:
         offset = self.consumed + pos
         for end, ts_ns in self.marks:
@@ -105,7 +117,7 @@ class StreamBuffer:
         self.skip = 0
 
 
-class Session:
+class Session(ABC):
     """Base of the per-connection parsers: one buffer per direction, counters, and the
     feed/close contract. Subclasses implement _parse(direction, ts) -> exchanges."""
 
@@ -161,10 +173,13 @@ class Session:
         return []
 
     def resync(self, direction: Direction) -> None:
-        """A direction lost its framing: forget what pairs with it (subclasses count it)."""
+        """A direction lost its framing: forget what pairs with it (subclasses count it). By
+        default nothing: a session without pending requests has nothing to forget."""
+        return None
 
+    @abstractmethod
     def _parse(self, direction: Direction, ts_ns: int) -> list[Exchange]:
-        raise NotImplementedError
+        """The exchanges the buffered bytes of this direction complete (they consume them)."""
 
 
 class QueuedSession(Session):

@@ -43,12 +43,8 @@ class MemcachedSession(QueuedSession):
         buffer = self.buffers[direction]
         out: list[Exchange] = []
         while True:
-            end = buffer.data.find(b"\r\n")
-            if buffer.data.find(b"\0", 0, end if end >= 0 else len(buffer.data)) >= 0:
-                raise Malformed("a zero byte in a line (bytes the capture did not copy)")
+            end = buffer.line_end(MAX_LINE)
             if end < 0:
-                if len(buffer.data) > MAX_LINE:
-                    raise Malformed("line too long")
                 return out
             line = bytes(buffer.data[:end])
             start = buffer.ts_at(0)  # when the line's first byte came

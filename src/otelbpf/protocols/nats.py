@@ -25,12 +25,8 @@ class NatsSession(Session):
         out: list[Exchange] = []
         verbs = CLIENT_VERBS if direction is Direction.CLIENT else SERVER_VERBS
         while True:
-            end = buffer.data.find(b"\r\n")
-            if buffer.data.find(b"\0", 0, end if end >= 0 else len(buffer.data)) >= 0:
-                raise Malformed("a zero byte in a line (bytes the capture did not copy)")
+            end = buffer.line_end(MAX_LINE)
             if end < 0:
-                if len(buffer.data) > MAX_LINE:
-                    raise Malformed("line too long")
                 return out
             parts = bytes(buffer.data[:end]).split()
             verb = parts[0].upper() if parts else b""
